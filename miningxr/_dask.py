@@ -1,0 +1,53 @@
+"""Which Dask cluster a command runs on: the current client, an address, or a LocalCluster."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+
+import distributed
+
+log = logging.getLogger("miningxr")
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None = None, *, processes: bool = False,
+                dashboard: str = ":8787") -> Iterator[distributed.Client]:
+    """Yield a client: the current one, one for ``scheduler`` (an address), or a new LocalCluster.
+
+    A LocalCluster is closed on exit; a client that existed before is left alone. The dashboard
+    link is logged so a user can watch the work.
+    """
+    if scheduler is None:
+        try:
+            yield distributed.default_client()
+            return
+        except ValueError:
+            pass  # no client yet: start a local cluster below
+    if scheduler not in (None, "local", "processes"):
+        client = distributed.Client(scheduler)
+        log.info("Dask scheduler %s, dashboard %s", scheduler, client.dashboard_link)
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    processes = processes or scheduler == "processes"
+    ncores = os.cpu_count() or 1
+    try:
+        cluster = distributed.LocalCluster(
+            n_workers=ncores if processes else 1, threads_per_worker=1 if processes else ncores,
+            processes=processes, dashboard_address=dashboard, silence_logs=logging.ERROR)
+    except OSError:  # dashboard port taken: let the OS choose
+        cluster = distributed.LocalCluster(
+            n_workers=ncores if processes else 1, threads_per_worker=1 if processes else ncores,
+            processes=processes, dashboard_address=":0", silence_logs=logging.ERROR)
+    client = distributed.Client(cluster)
+    log.info("Dask LocalCluster with %d thread(s); dashboard %s", ncores, client.dashboard_link)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()

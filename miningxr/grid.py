@@ -1,0 +1,274 @@
+"""The one global grid, and how regions become slices of it.
+
+Every cube, store, mask and prediction in miningxr is a slice of :data:`GLOBAL_GEOBOX`: EPSG:6933
+(EASE-Grid 2.0, equal area), 30 m pixels with edges on multiples of 30 m, covering the EASE-Grid
+2.0 global extent. Any two products therefore agree pixel for pixel, and an area in km2 is a
+pixel count times 0.0009.
+
+Example
+-------
+>>> from miningxr.grid import Region
+>>> region = Region.from_bbox((27.0, -26.3, 27.2, -26.1))
+>>> sl = region.slice(shard=2048)
+>>> sl.shape[0] % 2048, sl.shape[1] % 2048
+(0, 0)
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from affine import Affine
+from odc.geo import CRS
+from odc.geo.geobox import GeoBox
+from odc.geo.geom import Geometry, box, unary_union
+from odc.geo.xr import xr_coords
+
+CRS_GRID = CRS("EPSG:6933")
+RESOLUTION = 30.0
+#: km2 per pixel: the grid is equal-area
+PIXEL_AREA_KM2 = RESOLUTION * RESOLUTION / 1e6
+
+# EASE-Grid 2.0 global extent (+-17367530.45 m, +-7314540.83 m), widened to the next multiple of
+# 30 m so pixel edges sit on multiples of 30 m.
+_X0, _Y1 = -17_367_540.0, 7_314_570.0
+GLOBAL_SHAPE = (487_638, 1_157_836)  # (rows, cols)
+GLOBAL_GEOBOX = GeoBox(GLOBAL_SHAPE, Affine(RESOLUTION, 0, _X0, 0, -RESOLUTION, _Y1), CRS_GRID)
+
+
+class RegionError(ValueError):
+    """A region that cannot be placed on the global grid."""
+
+
+@dataclass(frozen=True)
+class GridSlice:
+    """A rectangle of the global grid in pixel indices, ``[row0, row1) x [col0, col1)``."""
+
+    row0: int
+    row1: int
+    col0: int
+    col1: int
+
+    def __post_init__(self) -> None:
+        h, w = GLOBAL_SHAPE
+        if not (0 <= self.row0 < self.row1 <= h and 0 <= self.col0 < self.col1 <= w):
+            raise RegionError(f"{self} is empty or outside the global grid of {h}x{w} pixels")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.row1 - self.row0, self.col1 - self.col0)
+
+    @property
+    def rows(self) -> slice:
+        return slice(self.row0, self.row1)
+
+    @property
+    def cols(self) -> slice:
+        return slice(self.col0, self.col1)
+
+    @property
+    def geobox(self) -> GeoBox:
+        return GLOBAL_GEOBOX[self.rows, self.cols]
+
+    def coords(self) -> dict[Any, xr.DataArray]:
+        """``x``, ``y`` (pixel centres) and ``spatial_ref`` coordinates of this slice."""
+        return xr_coords(self.geobox, crs_coord_name="spatial_ref")
+
+    def shard_ids(self, shard: int) -> list[tuple[int, int]]:
+        """The (shard_row, shard_col) ids of every shard this slice touches."""
+        return [
+            (r, c)
+            for r in range(self.row0 // shard, -(-self.row1 // shard))
+            for c in range(self.col0 // shard, -(-self.col1 // shard))
+        ]
+
+    def aligned(self, shard: int) -> GridSlice:
+        """The smallest slice aligned to shard edges (or the grid edge) that covers this one."""
+        h, w = GLOBAL_SHAPE
+        return GridSlice(
+            self.row0 // shard * shard,
+            min(-(-self.row1 // shard) * shard, h),
+            self.col0 // shard * shard,
+            min(-(-self.col1 // shard) * shard, w),
+        )
+
+    @classmethod
+    def of_shard(cls, shard_id: tuple[int, int], shard: int) -> GridSlice:
+        r, c = shard_id
+        h, w = GLOBAL_SHAPE
+        return cls(r * shard, min((r + 1) * shard, h), c * shard, min((c + 1) * shard, w))
+
+    @classmethod
+    def covering(cls, shard_ids: Iterable[tuple[int, int]], shard: int) -> GridSlice:
+        ids = list(shard_ids)
+        if not ids:
+            raise RegionError("no shards given")
+        rows = [r for r, _ in ids]
+        cols = [c for _, c in ids]
+        h, w = GLOBAL_SHAPE
+        return cls(min(rows) * shard, min((max(rows) + 1) * shard, h),
+                   min(cols) * shard, min((max(cols) + 1) * shard, w))
+
+    @classmethod
+    def of_geobox(cls, gbox: GeoBox) -> GridSlice:
+        """The slice a GeoBox occupies; it must lie exactly on the global grid."""
+        if gbox.crs != CRS_GRID:
+            raise RegionError(f"expected CRS {CRS_GRID}, got {gbox.crs}")
+        a = gbox.affine
+        if (a.a, a.b, a.d, a.e) != (RESOLUTION, 0, 0, -RESOLUTION):
+            raise RegionError(f"expected 30 m north-up pixels, got transform {tuple(a)[:6]}")
+        col = (a.c - _X0) / RESOLUTION
+        row = (_Y1 - a.f) / RESOLUTION
+        if not (float(col).is_integer() and float(row).is_integer()):
+            raise RegionError("pixel edges are not on the global grid (multiples of 30 m)")
+        h, w = gbox.shape
+        return cls(int(row), int(row) + h, int(col), int(col) + w)
+
+    @classmethod
+    def of_coords(cls, obj: xr.DataArray | xr.Dataset) -> GridSlice:
+        """The slice that an object's ``x``/``y`` pixel-centre coordinates occupy."""
+        x, y = obj["x"].values, obj["y"].values
+        col0 = (x[0] - RESOLUTION / 2 - _X0) / RESOLUTION
+        row0 = (_Y1 - (y[0] + RESOLUTION / 2)) / RESOLUTION
+        if not (float(col0).is_integer() and float(row0).is_integer()):
+            raise RegionError("coordinates are not pixel centres of the global 30 m grid")
+        return cls(int(row0), int(row0) + len(y), int(col0), int(col0) + len(x))
+
+
+@dataclass(frozen=True)
+class Region:
+    """A named area of interest, held as a geometry in the grid CRS.
+
+    Build one with :meth:`from_bbox`, :meth:`from_country` or :meth:`from_geometry`, or let
+    :func:`as_region` pick from what it is given.
+    """
+
+    name: str
+    geometry: Geometry
+
+    @classmethod
+    def from_bbox(cls, bbox: Sequence[float], crs: Any = "EPSG:4326") -> Region:
+        """A box ``(minx, miny, maxx, maxy)``, by default in longitude/latitude degrees."""
+        if len(bbox) != 4:
+            raise RegionError(f"a bbox has 4 numbers (minx, miny, maxx, maxy), got {list(bbox)}")
+        minx, miny, maxx, maxy = (float(v) for v in bbox)
+        if not all(math.isfinite(v) for v in (minx, miny, maxx, maxy)):
+            raise RegionError(f"bbox {list(bbox)} has a non-finite number")
+        crs = CRS(crs)
+        if crs.geographic:
+            if minx > maxx:
+                raise RegionError(
+                    f"bbox {list(bbox)} crosses the antimeridian (minx > maxx). "
+                    "Split it into two boxes, one each side of 180 degrees, and ingest both.")
+            if not (-180 <= minx and maxx <= 180 and -90 <= miny and maxy <= 90):
+                raise RegionError(f"bbox {list(bbox)} is outside -180..180 / -90..90 degrees; "
+                                  "give (min_lon, min_lat, max_lon, max_lat)")
+            if miny < -85.04 or maxy > 85.04:
+                raise RegionError(f"bbox {list(bbox)} reaches beyond the global grid, which "
+                                  "covers latitudes -85.04..85.04 (EASE-Grid 2.0)")
+        if not (minx < maxx and miny < maxy):
+            raise RegionError(f"bbox {list(bbox)} is empty: need minx < maxx and miny < maxy")
+        name = "bbox(" + ",".join(f"{v:g}" for v in (minx, miny, maxx, maxy)) + ")"
+        return cls(name, box(minx, miny, maxx, maxy, crs).to_crs(CRS_GRID))
+
+    @classmethod
+    def from_country(cls, code: str) -> Region:
+        """The land of a country, by ISO 3166-1 alpha-3 code (Natural Earth 1:110m shapes)."""
+        countries = country_table()
+        key = code.strip().upper()
+        hit = countries[countries["ISO3_CODE"] == key]
+        if hit.empty:
+            raise RegionError(f"unknown country code {code!r}. {_suggest_country(code)}")
+        geom = Geometry(hit.geometry.iloc[0], "EPSG:4326").to_crs(CRS_GRID)
+        return cls(key, geom)
+
+    @classmethod
+    def from_geometry(cls, geoms: Any, crs: Any = None, name: str = "geometry") -> Region:
+        """Any shapely/odc geometry, list of them, or GeoDataFrame/GeoSeries (union taken)."""
+        if hasattr(geoms, "geometry") and hasattr(geoms, "crs"):  # GeoDataFrame / GeoSeries
+            if geoms.crs is None and crs is None:
+                raise RegionError("the geometries have no CRS; set one with .set_crs(...)")
+            crs = geoms.crs or crs
+            geoms = list(geoms.geometry if hasattr(geoms.geometry, "__iter__") else [geoms.geometry])
+        if isinstance(geoms, Geometry):
+            geoms = [geoms]
+        if not isinstance(geoms, (list, tuple)):
+            geoms = [geoms]
+        parts = [g if isinstance(g, Geometry) else Geometry(g, crs) for g in geoms if g is not None]
+        parts = [g.to_crs(CRS_GRID) for g in parts if not g.is_empty]
+        if not parts:
+            raise RegionError("no non-empty geometry given for the region")
+        return cls(name, unary_union(parts))
+
+    def slice(self, shard: int = 1) -> GridSlice:
+        """The smallest shard-aligned slice of the global grid that covers the region."""
+        x0, y0, x1, y1 = self.geometry.boundingbox
+        col0 = math.floor((x0 - _X0) / RESOLUTION)
+        col1 = math.ceil((x1 - _X0) / RESOLUTION)
+        row0 = math.floor((_Y1 - y1) / RESOLUTION)
+        row1 = math.ceil((_Y1 - y0) / RESOLUTION)
+        h, w = GLOBAL_SHAPE
+        row0, col0 = max(row0, 0), max(col0, 0)
+        row1, col1 = min(max(row1, row0 + 1), h), min(max(col1, col0 + 1), w)
+        return GridSlice(row0, row1, col0, col1).aligned(shard)
+
+    def shard_ids(self, shard: int) -> list[tuple[int, int]]:
+        """Shards whose footprint intersects the region's geometry (not just its bbox)."""
+        candidates = self.slice(shard).shard_ids(shard)
+        geom = self.geometry
+        return [s for s in candidates if GridSlice.of_shard(s, shard).geobox.extent.intersects(geom)]
+
+
+def as_region(obj: Any) -> Region:
+    """Turn what a user passes as a region into a :class:`Region`.
+
+    Accepts a Region, an ISO3 country code (``"ZAF"``), a lon/lat bbox tuple, a GridSlice, a
+    GeoBox on the grid, or geometries (shapely/odc/GeoDataFrame).
+    """
+    if isinstance(obj, Region):
+        return obj
+    if isinstance(obj, str):
+        return Region.from_country(obj)
+    if isinstance(obj, GridSlice):
+        return Region(f"slice{obj.row0}:{obj.row1},{obj.col0}:{obj.col1}", obj.geobox.extent)
+    if isinstance(obj, GeoBox):
+        return Region("geobox", obj.extent.to_crs(CRS_GRID))
+    if isinstance(obj, (tuple, list)) and len(obj) == 4 and all(
+            isinstance(v, (int, float, np.number)) for v in obj):
+        return Region.from_bbox(obj)
+    return Region.from_geometry(obj)
+
+
+@functools.cache
+def country_table():  # -> geopandas.GeoDataFrame
+    """ISO3 code, name and outline of every country (Natural Earth 1:110m, public domain)."""
+    import geopandas as gpd
+
+    path = resources.files("miningxr") / "data" / "countries.gpkg"
+    return gpd.read_file(str(path), layer="countries")
+
+
+def country_name(code: str) -> str | None:
+    hit = country_table()
+    hit = hit[hit["ISO3_CODE"] == code.upper()]
+    return None if hit.empty else str(hit["COUNTRY_NAME"].iloc[0])
+
+
+def _suggest_country(code: str) -> str:
+    table = country_table()
+    codes = list(table["ISO3_CODE"])
+    names = dict(zip(table["COUNTRY_NAME"].str.lower(), table["ISO3_CODE"]))
+    close = difflib.get_close_matches(code.upper(), codes, n=3, cutoff=0.6)
+    close += [names[n] for n in difflib.get_close_matches(code.lower(), list(names), n=2)]
+    hint = "Use an ISO 3166-1 alpha-3 code such as 'ZAF' (South Africa)"
+    if close:
+        hint += "; did you mean " + " or ".join(repr(c) for c in dict.fromkeys(close)) + "?"
+    return hint + " Or pass --bbox MINLON MINLAT MAXLON MAXLAT instead."

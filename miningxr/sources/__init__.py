@@ -1,0 +1,68 @@
+"""Sources of Landsat annual composites, each returning the same lazy cube on the global grid.
+
+``synthetic`` (the default: no account, no network), ``gee`` (Google Earth Engine through
+xee) and ``stac`` (a STAC catalog through stackstac) return Datasets with the same dims,
+bands, scaling and coordinates, so everything downstream treats them alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import xarray as xr
+
+from ..grid import GridSlice, as_region
+from ._common import SourceError
+
+SOURCES = ("synthetic", "gee", "stac")
+
+
+def open_landsat(region: Any, year: int | Sequence[int], source: str = "synthetic", *,
+                 chunks: int = 512, decode: bool = True, **options: Any) -> xr.Dataset:
+    """Open Landsat annual composites for a region and year(s) as a lazy xarray cube.
+
+    Parameters
+    ----------
+    region
+        An ISO3 country code (``"ZAF"``), a lon/lat bbox ``(minx, miny, maxx, maxy)``, geometries,
+        a :class:`~miningxr.grid.Region` or a :class:`~miningxr.grid.GridSlice`.
+    year
+        One year or a list of years.
+    source
+        ``"synthetic"``, ``"gee"`` or ``"stac"``.
+    chunks
+        Dask chunk size in pixels; blocks start on multiples of it on the global grid.
+    decode
+        Return decoded floats (default) or the packed int16 numbers the store holds.
+    **options
+        Passed to the source (e.g. ``config=`` for synthetic, ``catalog=`` for stac,
+        ``project=``/``key_file=`` for gee).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``landsat`` with dims ``(year, band, y, x)`` on the slice of the global EPSG:6933 grid
+        that covers the region, with ``x``/``y`` pixel centres and ``spatial_ref``.
+
+    Example
+    -------
+    >>> import miningxr
+    >>> ds = miningxr.open_landsat((29.0, -26.0, 29.05, -25.95), 2020)
+    >>> list(ds.band.values)
+    ['blue', 'green', 'red', 'nir', 'swir1', 'swir2', 'thermal']
+    """
+    gslice = region if isinstance(region, GridSlice) else as_region(region).slice(1)
+    if source == "synthetic":
+        from .synthetic import open_synthetic
+
+        return open_synthetic(gslice, year, chunks=chunks, decode=decode, **options)
+    if source == "gee":
+        from .gee import open_gee
+
+        return open_gee(gslice, year, chunks=chunks, decode=decode, **options)
+    if source == "stac":
+        from .stac import open_stac
+
+        return open_stac(gslice, year, chunks=chunks, decode=decode, **options)
+    raise SourceError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")

@@ -1,0 +1,371 @@
+"""The sparse global Zarr v3 store and its SQLite shard catalog.
+
+One store holds every region and year on :data:`~miningxr.grid.GLOBAL_GEOBOX`:
+
+- ``landsat`` ``(year, band, y, x)`` int16, CF ``scale_factor``/``add_offset``/``_FillValue``;
+- ``mining`` ``(y, x)`` uint8, the rasterized mining polygons (0 where none or unlabelled);
+- ``x``, ``y`` pixel centres, ``year``, ``band`` and ``spatial_ref`` (CRS) coordinates.
+
+Chunks are 512x512 with all bands, grouped into shards (2048x2048 by default). A write task owns
+whole shards, so no two tasks write the same object, and zarr's local store writes each object
+atomically (temporary file + rename): an interrupted write leaves the old object or none, never a
+half-written one. Unwritten shards read as the fill value and cost no disk.
+
+The catalog, ``catalog.sqlite`` inside the store, records each shard's state so that ingest can
+resume and ``miningxr status`` can say what is left.
+
+Example
+-------
+>>> import miningxr
+>>> ds = miningxr.open_store("s.zarr", region=(29.0, -26.0, 29.1, -25.9))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import socket
+import sqlite3
+import time
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+import zarr
+from zarr.codecs import ZstdCodec
+
+from .config import ADD_OFFSET, BANDS, FILL_VALUE, SCALE_FACTOR, StoreLayout
+from .grid import GLOBAL_SHAPE, GridSlice, as_region
+
+LAYOUT_VERSION = 1
+CATALOG = "catalog.sqlite"
+STATES = ("pending", "running", "done", "failed")
+#: catalog "year" of variables that have no year axis (the mining mask)
+NO_YEAR = 0
+
+
+class StoreError(ValueError):
+    """A path that is not a usable miningxr store, or a request it cannot serve."""
+
+
+# --------------------------------------------------------------------------- create / open
+
+
+def create_store(path: str | os.PathLike, layout: StoreLayout | None = None) -> StoreLayout:
+    """Create an empty global store at ``path`` or validate the one there; return its layout.
+
+    Creating writes metadata and the 1-D coordinates only (a few MB); no shard exists until
+    ingested.
+    """
+    path = Path(path)
+    if (path / "zarr.json").exists():
+        existing = store_layout(path)
+        if layout is not None and layout != existing:
+            raise StoreError(f"{path} already has layout {existing}, not {layout}; use another path")
+        return existing
+    if path.exists() and any(path.iterdir()):
+        raise StoreError(f"{path} exists and is not a miningxr store; choose an empty or new path")
+    layout = layout or StoreLayout()
+    h, w = GLOBAL_SHAPE
+    coords = GridSlice(0, h, 0, w).coords()
+    spatial_ref = coords["spatial_ref"].copy()
+    # the global GeoTransform would be wrong for every slice read later: keep only the CRS
+    spatial_ref.attrs.pop("GeoTransform", None)
+    template = xr.Dataset(coords={
+        "x": coords["x"], "y": coords["y"], "spatial_ref": spatial_ref,
+        "year": ("year", np.asarray(layout.years, dtype=np.int32)),
+        "band": ("band", np.asarray(BANDS, dtype="<U7")),
+    })
+    with warnings.catch_warnings():
+        # fixed-width unicode has no finalised Zarr v3 spec yet; xarray and zarr-python read it
+        warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
+        template.to_zarr(path, mode="w-", zarr_format=3, consolidated=False)
+    root = zarr.open_group(path, mode="r+", zarr_format=3)
+    zstd = ZstdCodec(level=3)
+    root.create_array(
+        "landsat", shape=(len(layout.years), len(BANDS), h, w), dtype="int16",
+        chunks=(1, len(BANDS), layout.chunk, layout.chunk),
+        shards=(1, len(BANDS), layout.shard, layout.shard),
+        fill_value=FILL_VALUE, compressors=zstd, dimension_names=("year", "band", "y", "x"),
+        attributes={"scale_factor": SCALE_FACTOR, "add_offset": ADD_OFFSET, "_FillValue": FILL_VALUE,
+                    "coordinates": "spatial_ref", "grid_mapping": "spatial_ref",
+                    "long_name": "Landsat C2 L2 annual composite",
+                    "units": "1 (reflectance); thermal: (K - 273.15) / 100"})
+    root.create_array(
+        "mining", shape=(h, w), dtype="uint8", chunks=(layout.chunk, layout.chunk),
+        shards=(layout.shard, layout.shard), fill_value=0, compressors=zstd,
+        dimension_names=("y", "x"),
+        attributes={"coordinates": "spatial_ref", "grid_mapping": "spatial_ref",
+                    "long_name": "mining polygons rasterized", "flag_values": [0, 1],
+                    "flag_meanings": "other mining"})
+    root.attrs["miningxr"] = {"layout_version": LAYOUT_VERSION, "layout": asdict(layout),
+                              "crs": "EPSG:6933", "resolution": 30}
+    Catalog(path).close()
+    return layout
+
+
+def store_layout(path: str | os.PathLike) -> StoreLayout:
+    """The layout of an existing store; a clear :class:`StoreError` if it is not one."""
+    path = Path(path)
+    if not (path / "zarr.json").exists():
+        hint = ("it does not exist" if not path.exists() else "it has no zarr.json")
+        raise StoreError(f"{path} is not a miningxr store ({hint}). Create one by ingesting into "
+                         f"it: `miningxr ingest --store {path} --bbox ... --year ...`")
+    try:
+        attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
+    except (OSError, ValueError) as e:
+        raise StoreError(f"{path}/zarr.json cannot be read ({e}); the store is damaged") from e
+    meta = attrs.get("miningxr")
+    if meta is None:
+        raise StoreError(f"{path} is a Zarr store but not a miningxr store (no 'miningxr' "
+                         "attributes). Use a new path; miningxr creates its stores itself.")
+    version = meta.get("layout_version")
+    if version != LAYOUT_VERSION:
+        raise StoreError(f"{path} has store layout version {version}, this miningxr reads "
+                         f"version {LAYOUT_VERSION}. Re-ingest into a new store with this version.")
+    layout = dict(meta["layout"])
+    return StoreLayout(**layout)
+
+
+def open_store(path: str | os.PathLike, region: Any = None, years: int | Sequence[int] | None = None,
+               *, chunks: int | None = None) -> xr.Dataset:
+    """Open a slice of a store lazily, as a Dataset on the global grid.
+
+    Parameters
+    ----------
+    path
+        The store.
+    region
+        What to read: anything :func:`~miningxr.grid.as_region` takes, or a GridSlice. By
+        default, the rectangle covering every shard ingested so far.
+    years
+        Years to keep (default: those with ingested data).
+    chunks
+        Dask chunk size in pixels (default: the store's chunk, 512).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``landsat`` (decoded floats, NaN where no data) and ``mining``, with ``x``/``y``,
+        ``year``, ``band`` and ``spatial_ref`` coordinates. No task graph is built for the rest
+        of the globe, so opening is fast whatever the store holds.
+
+    Example
+    -------
+    >>> ds = open_store("s.zarr")  # doctest: +SKIP
+    >>> ds.landsat.sel(band="swir1").isel(year=0).plot()  # doctest: +SKIP
+    """
+    layout = store_layout(path)
+    with Catalog(path) as cat:
+        done = cat.shards("landsat", state="done")
+    if region is None:
+        if done.empty:
+            raise StoreError(f"{path} holds no ingested shard yet; run `miningxr ingest` first "
+                             "or pass region=...")
+        gslice = GridSlice.covering(zip(done.shard_row, done.shard_col), layout.shard)
+    elif isinstance(region, GridSlice):
+        gslice = region
+    else:
+        gslice = as_region(region).slice(layout.chunk)
+    if years is None:
+        years = sorted(set(done.year)) or layout.years
+    years = [int(years)] if np.isscalar(years) else [int(y) for y in years]  # type: ignore[arg-type]
+    bad = [y for y in years if not layout.first_year <= y <= layout.last_year]
+    if bad:
+        raise StoreError(f"year(s) {bad} outside the store's years "
+                         f"{layout.first_year}-{layout.last_year}")
+    # chunks=None: lazily indexed backend arrays, so slicing builds no whole-globe graph
+    ds = xr.open_zarr(path, chunks=None, consolidated=False, zarr_format=3, decode_coords="all")
+    ds = ds.isel(y=gslice.rows, x=gslice.cols).sel(year=years)
+    ds = ds.assign_coords(spatial_ref=gslice.coords()["spatial_ref"])
+    c = chunks or layout.chunk
+    ds = ds.chunk({"year": 1, "band": -1, "y": c, "x": c})
+    ds.attrs.update(store=str(path), **{f"layout_{k}": v for k, v in asdict(layout).items()})
+    return ds
+
+
+@functools.lru_cache(maxsize=32)
+def _zarr_array(path: str, name: str) -> zarr.Array:
+    # one open per worker process: the metadata read is the costly part of a small write
+    return zarr.open_array(path, path=name, mode="r+", zarr_format=3)
+
+
+def write_block(path: str, name: str, index: tuple, block: np.ndarray) -> int:
+    """Write one shard-sized block; the caller owns the shard. Returns the bytes written."""
+    arr = _zarr_array(str(path), name)
+    arr[index] = block
+    return int(block.nbytes)
+
+
+def remove_partials(path: str | os.PathLike) -> int:
+    """Delete temporary files an interrupted write left behind; they are never read as data."""
+    n = 0
+    for p in Path(path).rglob("*.partial"):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            n += 1
+    return n
+
+
+# --------------------------------------------------------------------------- catalog
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
+
+
+def _owner_alive(owner: str | None) -> bool:
+    """Whether the process named by an owner string may still be running."""
+    if not owner:
+        return False
+    host, pid, *_ = owner.split(":") + ["", ""]
+    if host != socket.gethostname():
+        return True  # another machine: trust it until it goes stale by age
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Catalog:
+    """The SQLite record of every shard of a store: pending, running, done or failed.
+
+    Only the process driving an ingest (the Dask client) writes it; workers never touch it, so
+    it works the same with a LocalCluster or a remote cluster.
+    """
+
+    def __init__(self, store: str | os.PathLike, stale_after: float = 3600.0):
+        self.path = Path(store) / CATALOG
+        self.stale_after = stale_after
+        self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA busy_timeout=60000")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS shards (variable TEXT, year INTEGER, shard_row INTEGER,"
+            " shard_col INTEGER, state TEXT NOT NULL, source TEXT, owner TEXT, error TEXT,"
+            " attempts INTEGER NOT NULL DEFAULT 0, updated REAL,"
+            " PRIMARY KEY (variable, year, shard_row, shard_col))")
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        # IMMEDIATE takes the write lock up front: two ingests never claim the same shard
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def plan(self, variable: str, years: Iterable[int], shard_ids: Iterable[tuple[int, int]], source: str) -> None:
+        rows = [(variable, y, r, c, "pending", source, time.time()) for y in years for r, c in shard_ids]
+        with self._tx() as db:
+            db.executemany("INSERT OR IGNORE INTO shards (variable, year, shard_row, shard_col, state,"
+                           " source, updated) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def claim(self, variable: str, keys: Iterable[tuple[int, int, int]], owner: str, *,
+              retry_failed: bool = False, force: bool = False) -> tuple[list, list]:
+        """Mark shards running for ``owner``. Returns (claimed, held by another live ingest)."""
+        claimed, busy = [], []
+        now = time.time()
+        with self._tx() as db:
+            for key in keys:
+                row = db.execute("SELECT state, owner, updated FROM shards WHERE variable=? AND year=?"
+                                 " AND shard_row=? AND shard_col=?", (variable, *key)).fetchone()
+                if row is None:
+                    continue
+                state, other, updated = row
+                if state == "running" and other != owner and _owner_alive(other) \
+                        and now - (updated or 0) < self.stale_after:
+                    busy.append(key)
+                    continue
+                take = (force or state == "pending" or state == "running"
+                        or (state == "failed" and retry_failed))
+                if take:
+                    db.execute("UPDATE shards SET state='running', owner=?, updated=?,"
+                               " attempts=attempts+1 WHERE variable=? AND year=? AND shard_row=?"
+                               " AND shard_col=?", (owner, now, variable, *key))
+                    claimed.append(key)
+        return claimed, busy
+
+    def finish(self, variable: str, key: tuple[int, int, int], owner: str, error: str | None = None,
+               source: str | None = None) -> None:
+        state = "failed" if error else "done"
+        with self._tx() as db:
+            db.execute("UPDATE shards SET state=?, error=?, updated=?, source=COALESCE(?, source)"
+                       " WHERE variable=? AND year=? AND shard_row=? AND shard_col=? AND owner=?",
+                       (state, error, time.time(), source, variable, *key, owner))
+
+    def release(self, owner: str) -> None:
+        """Put shards this owner still holds back to pending (after an interrupt)."""
+        with self._tx() as db:
+            db.execute("UPDATE shards SET state='pending', owner=NULL WHERE state='running' AND owner=?",
+                       (owner,))
+
+    def shards(self, variable: str | None = None, state: str | None = None) -> pd.DataFrame:
+        q, args = "SELECT * FROM shards WHERE 1=1", []
+        if variable:
+            q, args = q + " AND variable=?", [*args, variable]
+        if state:
+            q, args = q + " AND state=?", [*args, state]
+        return pd.read_sql_query(q + " ORDER BY variable, year, shard_row, shard_col", self.db, params=args)
+
+    def state_of(self, variable: str, keys: Iterable[tuple[int, int, int]]) -> dict:
+        out = {}
+        for key in keys:
+            row = self.db.execute("SELECT state FROM shards WHERE variable=? AND year=? AND shard_row=?"
+                                  " AND shard_col=?", (variable, *key)).fetchone()
+            out[key] = row[0] if row else None
+        return out
+
+
+def status(store: str | os.PathLike) -> pd.DataFrame:
+    """Shard counts by variable, year and state, with the latest error of each failed group.
+
+    Example
+    -------
+    >>> status("s.zarr")  # doctest: +SKIP
+       variable  year  done  failed  pending  running  total
+    0   landsat  2020     4       0        0        0      4
+    """
+    store_layout(store)
+    with Catalog(store) as cat:
+        df = cat.shards()
+    cols = ["variable", "year", *STATES, "total"]
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    table = df.pivot_table(index=["variable", "year"], columns="state", values="shard_row",
+                           aggfunc="count", fill_value=0)
+    for s in STATES:
+        if s not in table:
+            table[s] = 0
+    table = table[list(STATES)]
+    table["total"] = table.sum(axis=1)
+    return table.reset_index()[cols]
+
+
+def failures(store: str | os.PathLike) -> pd.DataFrame:
+    """The failed shards with their error messages."""
+    with Catalog(store) as cat:
+        df = cat.shards(state="failed")
+    return df[["variable", "year", "shard_row", "shard_col", "attempts", "error"]]
+

@@ -58,9 +58,9 @@ class SyntheticConfig:
     first_year: int = 1984
     last_year: int = 2025
     #: mines are placed on a lattice of cells this many pixels wide; at most one per cell
-    mine_cell: int = 512
-    mine_probability: float = 0.6
-    mine_radius: tuple[int, int] = (25, 90)
+    mine_cell: int = 384
+    mine_probability: float = 0.7
+    mine_radius: tuple[int, int] = (30, 100)
     noise: float = 0.012
 
 

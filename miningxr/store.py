@@ -11,7 +11,7 @@ whole shards, so no two tasks write the same object, and zarr's local store writ
 atomically (temporary file + rename): an interrupted write leaves the old object or none, never a
 half-written one. Unwritten shards read as the fill value and cost no disk.
 
-The catalog, ``catalog.sqlite`` inside the store, records each shard's state so that ingest can
+The catalog, ``_catalog/catalog.sqlite`` inside the store, records each shard's state so that ingest can
 resume and ``miningxr status`` can say what is left.
 
 Example
@@ -45,7 +45,8 @@ from .config import ADD_OFFSET, BANDS, FILL_VALUE, SCALE_FACTOR, StoreLayout
 from .grid import GLOBAL_SHAPE, GridSlice, as_region
 
 LAYOUT_VERSION = 1
-CATALOG = "catalog.sqlite"
+#: inside a Zarr subgroup of its own, so zarr sees no foreign object at the root
+CATALOG = "_catalog/catalog.sqlite"
 STATES = ("pending", "running", "done", "failed")
 #: catalog "year" of variables that have no year axis (the mining mask)
 NO_YEAR = 0
@@ -246,6 +247,8 @@ class Catalog:
 
     def __init__(self, store: str | os.PathLike, stale_after: float = 3600.0):
         self.path = Path(store) / CATALOG
+        if not self.path.parent.exists():
+            zarr.open_group(str(store), mode="r+", zarr_format=3).require_group(self.path.parent.name)
         self.stale_after = stale_after
         self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")

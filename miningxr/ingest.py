@@ -178,5 +178,7 @@ def _run(client: distributed.Client, cat: Catalog, variable: str, keys: list, ow
                 log.warning("shard %s failed: %s", key, err)
             bar.update(1)
     finally:
-        for f in futures:
-            f.cancel()
+        # after an interrupt, stop what is still queued; finished futures are left alone
+        pending = [f for f in futures if not f.done()]
+        if pending:
+            client.cancel(pending)

@@ -1,0 +1,1 @@
+"""The Keras UNet, its losses and metrics, and training."""

@@ -1,0 +1,135 @@
+"""Training: the loader, the UNet, the callbacks, and a ``.keras`` file prediction can use alone."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import TrainConfig
+
+log = logging.getLogger("miningxr")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced: the model, where it is saved, and how it scored."""
+
+    model: Any
+    model_path: Path
+    history: dict = field(default_factory=dict)
+    test_metrics: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        m = ", ".join(f"{k}={v:.3f}" for k, v in self.test_metrics.items())
+        return f"model {self.model_path} ({self.seconds:.0f}s); test split: {m}"
+
+
+@contextlib.contextmanager
+def _precision(mixed: bool):
+    import keras
+
+    if not mixed:
+        yield
+        return
+    before = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+
+
+def _strategy():
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    # several GPUs: one replica each; otherwise the default (CPU or one GPU)
+    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+
+
+def train(store: str | os.PathLike, *, index: Any = None, config: TrainConfig | None = None,
+          out_dir: str | os.PathLike = "miningxr-run", client: Any = None, verbose: int = 1,
+          steps_per_epoch: int | None = None) -> TrainResult:
+    """Train a UNet on a store's tile index and save ``<out_dir>/model.keras``.
+
+    Parameters
+    ----------
+    store
+        A store with imagery, the ``mining`` mask and a tile index.
+    index
+        A tile index (default: the one saved in the store).
+    config
+        Model and optimisation settings (:class:`~miningxr.config.TrainConfig`).
+    out_dir
+        Receives ``model.keras`` (best validation IoU), ``history.csv``, ``tensorboard/`` and
+        ``train.json`` (config and test metrics).
+    client
+        A ``distributed.Client`` to read chunks on.
+
+    Returns
+    -------
+    TrainResult
+
+    Example
+    -------
+    >>> result = train("s.zarr", config=TrainConfig(base_filters=16, epochs=5))  # doctest: +SKIP
+    >>> result.test_metrics["iou"]  # doctest: +SKIP
+    0.86
+    """
+    import keras
+
+    from ..loader import training_dataset
+    from ..tiles import load_tile_index
+    from .losses import get_loss, metrics
+    from .unet import build_unet
+
+    t0 = time.perf_counter()
+    cfg = config or TrainConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    index = load_tile_index(store) if index is None else index
+    stats = index.attrs["stats"]
+    missing = [b for b in cfg.bands if b not in stats["bands"]]
+    if missing:
+        raise ValueError(f"config bands {missing} are not in the store's bands {stats['bands']}")
+    pos = [stats["bands"].index(b) for b in cfg.bands]
+    model_stats = {"mean": [stats["mean"][i] for i in pos], "std": [stats["std"][i] for i in pos]}
+    keras.utils.set_random_seed(cfg.seed)
+
+    train_ds = training_dataset(store, index, "train", config=cfg, client=client,
+                                repeat=steps_per_epoch is not None)
+    val_ds = training_dataset(store, index, "val", config=cfg, client=client)
+    best = out / "model.keras"
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_iou", mode="max", patience=cfg.patience,
+                                      restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(2, cfg.patience // 3),
+                                          min_lr=cfg.learning_rate / 100),
+        keras.callbacks.ModelCheckpoint(best, monitor="val_iou", mode="max", save_best_only=True),
+        keras.callbacks.CSVLogger(out / "history.csv"),
+        keras.callbacks.TensorBoard(log_dir=str(out / "tensorboard"), write_graph=False, profile_batch=0),
+    ]
+    with _precision(cfg.mixed_precision), _strategy().scope():
+        model = build_unet(cfg, stats=model_stats)
+        model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
+                      loss=get_loss(cfg.loss, cfg.pos_weight), metrics=metrics())
+        hist = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks,
+                         verbose=verbose, steps_per_epoch=steps_per_epoch)
+    if not best.exists():  # no epoch improved on nothing (e.g. NaN val_iou): keep the last
+        model.save(best)
+    test_ds = training_dataset(store, index, "test", config=cfg, client=client)
+    test = model.evaluate(test_ds, verbose=0, return_dict=True)
+    test = {k: float(v) for k, v in test.items()}
+    history = {k: [float(x) for x in v] for k, v in hist.history.items()}
+    (out / "train.json").write_text(json.dumps({"config": asdict(cfg), "test": test,
+                                                "epochs_run": len(history.get("loss", []))}, indent=2))
+    result = TrainResult(model, best, history, test, time.perf_counter() - t0)
+    log.info("%s", result)
+    return result

@@ -1,0 +1,274 @@
+"""Predict mining probability over a cube with ``xr.apply_ufunc``, block by block, seam-free.
+
+Tiles sit on a grid anchored at the cube's origin with a stride of ``tile - overlap``. Each
+block is read with a halo wide enough to hold every tile that touches it, predicts those tiles
+in batches, and blends them with a tapered weight. Because the tile grid does not depend on the
+blocks, a pixel's value is the same whichever block computes it: there are no seams, and the
+result does not depend on the chunking. With ``overlap=0`` and chunks that are multiples of the
+tile size, each tile is exactly ``model.predict`` of that tile.
+
+Example
+-------
+>>> import miningxr
+>>> ds = miningxr.open_store("s.zarr")  # doctest: +SKIP
+>>> prob = miningxr.predict(ds, "run/model.keras")  # doctest: +SKIP
+>>> prob.to_zarr("pred.zarr")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from .loader import normalize
+
+
+class ModelMismatchError(ValueError):
+    """A model whose bands or tile size do not fit the data it is asked to predict."""
+
+
+@functools.lru_cache(maxsize=4)
+def _load(path: str):
+    # once per worker process: loading a .keras file costs far more than one block
+    from .model.unet import load_model
+
+    return load_model(path)
+
+
+def _resolve(model: Any):
+    if isinstance(model, (str, os.PathLike)):
+        p = Path(model)
+        if not p.exists():
+            raise FileNotFoundError(f"model file {p} does not exist; train one with `miningxr train`")
+        return _load(str(p.resolve()))
+    return model
+
+
+def check_compatible(model: Any, obj: xr.DataArray | xr.Dataset) -> None:
+    """Refuse a model whose bands are not all in the data, naming what differs."""
+    from .model.unet import model_spec
+
+    spec = model_spec(_resolve(model))
+    bands = [str(b) for b in obj["band"].values] if "band" in obj.coords else []
+    missing = [b for b in spec.bands if b not in bands]
+    if missing:
+        raise ModelMismatchError(f"the model was trained on bands {spec.bands} but the data has {bands} "
+                                 f"(missing {missing}); predict with a model trained on this store's bands")
+    shape = _resolve(model).input_shape
+    if shape[1] != spec.tile_size or shape[3] != len(spec.bands):
+        raise ModelMismatchError(f"model input {shape} does not match its TileSpec "
+                                 f"({spec.tile_size}px, {len(spec.bands)} bands)")
+
+
+def _weights(tile: int, overlap: int) -> np.ndarray:
+    """Blend weight of one tile: 1 inside, a linear ramp over the overlap at the edges."""
+    if overlap <= 0:
+        return np.ones((tile, tile), np.float32)
+    i = np.arange(tile, dtype=np.float32)
+    ramp = np.minimum(np.minimum(i + 0.5, tile - i - 0.5) / overlap, 1.0)
+    return np.outer(ramp, ramp).astype(np.float32)
+
+
+def predict_array(x: np.ndarray, model: Any, *, origin: tuple[int, int] = (0, 0),
+                  out_shape: tuple[int, int] | None = None, overlap: int = 0, batch_size: int = 64) -> np.ndarray:
+    """Predict a ``(y, x, band)`` standardized numpy block on the global-to-the-cube tile grid.
+
+    ``origin`` is where ``x[0, 0]`` lies relative to the tile grid's anchor; the output covers
+    ``x[halo:halo+out_shape]`` where halo is implied by ``x.shape - out_shape``.
+    """
+    from .model.unet import model_spec
+
+    model = _resolve(model)
+    t = model_spec(model).tile_size
+    stride = t - overlap
+    h, w = x.shape[:2]
+    oh, ow = out_shape or (h, w)
+    hy, hx = (h - oh) // 2, (w - ow) // 2
+    r0, c0 = origin  # position of x[0, 0] on the cube's tile grid
+    acc = np.zeros((h, w), np.float32)
+    wsum = np.zeros((h, w), np.float32)
+    wt = _weights(t, overlap)
+    # tiles that touch the output window [hy, hy+oh) x [hx, hx+ow), in block coordinates
+    first_r = -((-(r0 + hy - t + 1)) // stride)
+    first_c = -((-(c0 + hx - t + 1)) // stride)
+    starts_r = [k * stride - r0 for k in range(first_r, (r0 + hy + oh - 1) // stride + 1)]
+    starts_c = [k * stride - c0 for k in range(first_c, (c0 + hx + ow - 1) // stride + 1)]
+    starts_r = [s for s in starts_r if s >= 0 and s + t <= h]
+    starts_c = [s for s in starts_c if s >= 0 and s + t <= w]
+    pos = [(r, c) for r in starts_r for c in starts_c]
+    for b in range(0, len(pos), batch_size):
+        batch = pos[b:b + batch_size]
+        tiles = np.stack([x[r:r + t, c:c + t] for r, c in batch])
+        n = len(tiles)
+        if n < batch_size:  # a fixed batch shape: one traced graph for every call
+            tiles = np.concatenate([tiles, np.zeros((batch_size - n, *tiles.shape[1:]), tiles.dtype)])
+        p = np.asarray(model(tiles, training=False))[:n, ..., 0]
+        for (r, c), pt in zip(batch, p):
+            acc[r:r + t, c:c + t] += pt * wt
+            wsum[r:r + t, c:c + t] += wt
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(wsum > 0, acc / wsum, np.nan)
+    return out[hy:hy + oh, hx:hx + ow].astype(np.float32)
+
+
+def predict(ds: xr.Dataset | xr.DataArray, model: Any, *, overlap: int = 16, batch_size: int = 64,
+            year: int | None = None) -> xr.DataArray:
+    """Mining probability for every pixel of a cube, lazily, with the cube's grid and chunks.
+
+    Parameters
+    ----------
+    ds
+        A cube from :func:`~miningxr.open_store` or :func:`~miningxr.open_landsat` (Dataset with
+        ``landsat``, or that DataArray).
+    model
+        A Keras model built by miningxr, or the path of its ``.keras`` file (loaded once per
+        worker).
+    overlap
+        Pixels by which neighbouring tiles overlap; their predictions are blended.
+    batch_size
+        Tiles per model call.
+    year
+        Which year to predict when the cube holds several (default: the only or the last one).
+
+    Returns
+    -------
+    xarray.DataArray
+        ``mining_probability`` float32 ``(y, x)`` with exactly the input's ``x``/``y``
+        coordinates, ``spatial_ref`` and chunks.
+    """
+    from .model.unet import model_spec
+
+    arr = ds["landsat"] if isinstance(ds, xr.Dataset) else ds
+    if "year" in arr.dims:
+        arr = arr.sel(year=year if year is not None else arr.year.values[-1])
+    check_compatible(model, arr)
+    m = _resolve(model)
+    spec = model_spec(m)
+    t = spec.tile_size
+    if not 0 <= overlap < t:
+        raise ValueError(f"overlap must be in [0, {t - 1}] for {t}px tiles, got {overlap}")
+    arr = arr.sel(band=spec.bands).transpose("y", "x", "band")
+    if arr.chunks is None:
+        arr = arr.chunk({"y": 512, "x": 512})
+    arr = arr.chunk({"band": -1})
+    stride = t - overlap
+    row_chunks, col_chunks = arr.chunks[0], arr.chunks[1]
+    aligned = overlap == 0 and all(c % t == 0 for c in (*row_chunks[:-1], *col_chunks[:-1]))
+    halo = 0 if aligned else t
+    model_ref = str(Path(model).resolve()) if isinstance(model, (str, os.PathLike)) else m
+    mean, std = [float(v) for v in spec.mean], [float(v) for v in spec.std]  # plain lists pickle
+
+    def run(x: da.Array) -> da.Array:
+        padded = da.overlap.overlap(x, depth={0: halo, 1: halo, 2: 0}, boundary={0: np.nan, 1: np.nan, 2: "none"}) \
+            if halo else x
+        rstart = np.concatenate([[0], np.cumsum(row_chunks)])
+        cstart = np.concatenate([[0], np.cumsum(col_chunks)])
+
+        def block(b: np.ndarray, block_info=None) -> np.ndarray:
+            i, j, _ = block_info[0]["chunk-location"]
+            oh, ow = row_chunks[i], col_chunks[j]
+            z = normalize(b, mean, std)
+            return predict_array(z, model_ref, origin=(int(rstart[i]) - halo, int(cstart[j]) - halo),
+                                 out_shape=(oh, ow), overlap=overlap, batch_size=batch_size)
+
+        return da.map_blocks(block, padded, chunks=(row_chunks, col_chunks), drop_axis=2, dtype=np.float32,
+                             meta=np.empty((0, 0), np.float32))
+
+    out = xr.apply_ufunc(run, arr, input_core_dims=[["band"]], dask="allowed", keep_attrs=False)
+    out.name = "mining_probability"
+    out.attrs.update(long_name="probability of mining", units="1", grid_mapping="spatial_ref",
+                     overlap=overlap, tile_size=t, model=str(model) if isinstance(model, (str, os.PathLike)) else m.name)
+    return out
+
+
+def write_predictions(pred: xr.DataArray, path: str | os.PathLike, *, progress: bool = True,
+                      scheduler: str | None = None):
+    """Write a prediction into a Zarr store aligned to its input, one shard-sized task at a time.
+
+    The store is a global store of the same layout as the input's, so predictions of several
+    regions land in one place and read back with :func:`~miningxr.open_store`-like slicing. Its
+    catalog records the shards done, so an interrupted write resumes. Returns an
+    :class:`~miningxr.ingest.IngestReport`.
+    """
+    import time
+
+    import zarr
+    from tqdm.auto import tqdm
+    from zarr.codecs import ZstdCodec
+
+    from ._dask import dask_client
+    from .grid import GLOBAL_SHAPE, GridSlice
+    from .ingest import IngestReport, _run
+    from .store import NO_YEAR, Catalog, _owner, write_block
+
+    t0 = time.perf_counter()
+    path = Path(path)
+    gslice = GridSlice.of_coords(pred)
+    chunk = int(max(pred.chunks[0])) if pred.chunks else 512
+    shard = 2048 if 2048 % chunk == 0 else chunk
+    if not (path / "zarr.json").exists():
+        h, w = GLOBAL_SHAPE
+        coords = GridSlice(0, h, 0, w).coords()
+        ref = coords["spatial_ref"].copy()
+        ref.attrs.pop("GeoTransform", None)
+        xr.Dataset(coords={"x": coords["x"], "y": coords["y"], "spatial_ref": ref}).to_zarr(
+            path, mode="w-", zarr_format=3, consolidated=False)
+        root = zarr.open_group(path, mode="r+", zarr_format=3)
+        root.create_array("mining_probability", shape=(h, w), dtype="float32", chunks=(chunk, chunk),
+                          shards=(shard, shard), fill_value=np.nan, compressors=ZstdCodec(level=3),
+                          dimension_names=("y", "x"),
+                          attributes={**pred.attrs, "coordinates": "spatial_ref"})
+        root.attrs["miningxr_predictions"] = {"shard": shard, "chunk": chunk}
+    meta = zarr.open_group(path, mode="r").attrs["miningxr_predictions"]
+    shard = meta["shard"]
+    ids = gslice.shard_ids(shard)
+    # one task per shard: the prediction rechunked so each block is the part of one shard
+    redges = sorted({gslice.row0, gslice.row1, *[r * shard for r, _ in ids if gslice.row0 < r * shard < gslice.row1]})
+    cedges = sorted({gslice.col0, gslice.col1, *[c * shard for _, c in ids if gslice.col0 < c * shard < gslice.col1]})
+    data = pred.data.rechunk((tuple(np.diff(redges)), tuple(np.diff(cedges))))
+    blocks = data.to_delayed()
+    owner = _owner()
+    keys = [(NO_YEAR, r, c) for r, c in ids]
+    report = IngestReport(store=str(path), planned=len(keys))
+
+    def task(key):
+        import dask
+
+        _, r, c = key
+        i = redges.index(max(gslice.row0, r * shard))
+        j = cedges.index(max(gslice.col0, c * shard))
+        index = (slice(redges[i], redges[i + 1]), slice(cedges[j], cedges[j + 1]))
+        return dask.delayed(write_block, pure=False)(str(path), "mining_probability", index, blocks[i, j])
+
+    with Catalog(path) as cat:
+        cat.plan("mining_probability", [NO_YEAR], ids, "predict")
+        todo, _ = cat.claim("mining_probability", keys, owner)
+        report.skipped = len(keys) - len(todo)
+        with dask_client(scheduler) as client:
+            bar = tqdm(total=len(todo), desc="predict", unit="shard", disable=not progress)
+            try:
+                _run(client, cat, "mining_probability", todo, owner, "predict", report, bar, task)
+            except BaseException:
+                cat.release(owner)
+                raise
+            bar.close()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def open_predictions(path: str | os.PathLike, like: xr.Dataset | xr.DataArray) -> xr.DataArray:
+    """Read predictions for exactly the grid slice of ``like``."""
+    from .grid import GridSlice
+
+    gslice = GridSlice.of_coords(like)
+    ds = xr.open_zarr(path, chunks=None, consolidated=False, zarr_format=3, decode_coords="all")
+    out = ds["mining_probability"].isel(y=gslice.rows, x=gslice.cols)
+    out = out.assign_coords(spatial_ref=gslice.coords()["spatial_ref"])
+    chunks = like.chunksizes if like.chunks is not None else {}
+    return out.chunk({"y": chunks.get("y", (512,))[0], "x": chunks.get("x", (512,))[0]})

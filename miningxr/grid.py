@@ -227,6 +227,19 @@ class Region:
         return [s for s in candidates if GridSlice.of_shard(s, shard).geobox.extent.intersects(geom)]
 
 
+def country_shards(region: Region, polygons: Any, shard: int, *, buffer_m: float = 2000.0,
+                   seed: int = 0) -> list[tuple[int, int]]:
+    """Shards around a country's mining polygons, plus as many sampled mine-free shards of it.
+
+    ``polygons`` is a GeoDataFrame in the grid CRS (see :func:`miningxr.labels.read_polygons`).
+    """
+    near = Region.from_geometry(polygons.buffer(buffer_m), name=f"{region.name} mines").shard_ids(shard)
+    others = sorted(set(region.shard_ids(shard)) - set(near))
+    rng = np.random.default_rng(seed)
+    extra = [others[i] for i in rng.permutation(len(others))[: len(near)]]
+    return sorted(set(near) | set(extra))
+
+
 def as_region(obj: Any) -> Region:
     """Turn what a user passes as a region into a :class:`Region`.
 

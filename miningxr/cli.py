@@ -1,0 +1,330 @@
+"""The ``miningxr`` command line: one subcommand per stage, and ``demo`` for all of them.
+
+Run ``miningxr --help`` or ``miningxr SUBCOMMAND --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported anywhere
+
+log = logging.getLogger("miningxr")
+
+EPILOG = """\
+The pipeline, stage by stage (each writes into one global store on the EPSG:6933 30 m grid):
+
+  miningxr ingest   --store s.zarr --bbox 29.0 -26.0 29.6 -25.6 --year 2020
+  miningxr ingest   --store s.zarr --country ZAF --polygons mines.gpkg --year 2020
+  miningxr status   --store s.zarr
+  miningxr train    --store s.zarr --out run/ --base-filters 16 --epochs 10
+  miningxr predict  --store s.zarr --model run/model.keras --out pred.zarr
+  miningxr evaluate --store s.zarr --predictions pred.zarr --polygons mines.gpkg
+  miningxr export   --store s.zarr --predictions pred.zarr --out exports/
+  miningxr demo     (all of the above on the synthetic source, no account, no network)
+
+Every command that computes takes --scheduler ADDRESS to run on an existing Dask cluster;
+by default it starts a LocalCluster and prints its dashboard link.
+"""
+
+
+def _setup_logging(verbose: int, logfile: Path | None = None) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose >= 0 else logging.WARNING
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    log.setLevel(level)
+    if not log.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(fmt)
+        log.addHandler(h)
+    if logfile is not None:
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(logfile)
+        fh.setFormatter(fmt)
+        log.addHandler(fh)
+    for noisy in ("distributed", "tensorflow", "absl", "pyogrio", "rasterio", "fiona"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _region_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("region (one of)")
+    g.add_argument("--bbox", nargs=4, type=float, metavar=("MINLON", "MINLAT", "MAXLON", "MAXLAT"),
+                   help="a lon/lat box (EPSG:4326 degrees)")
+    g.add_argument("--country", metavar="ISO3", help="an ISO 3166-1 alpha-3 code, e.g. ZAF")
+    g.add_argument("--polygons", metavar="GPKG",
+                   help="mining polygons; with --country, ingest the shards around that country's "
+                        "mines (plus sampled mine-free shards) and rasterize the masks")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="Dask scheduler address (tcp://host:8786); default: a new LocalCluster")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    p.add_argument("--config", metavar="TOML", help="a config file (sections store, synthetic, tiles, train, predict)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="miningxr", description="Map the footprint of mining from Landsat imagery.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version="miningxr 0.1.0")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("ingest", help="write a region's Landsat years into the store (resumable)",
+                       description="Write every shard of a region and year(s) into the global store. "
+                                   "Shards already done are skipped, so re-running resumes.")
+    p.add_argument("--store", required=True, help="the Zarr store (created on first use)")
+    _region_args(p)
+    p.add_argument("--year", type=int, nargs="+", required=True, help="one or more years")
+    p.add_argument("--source", default="synthetic", choices=["synthetic", "gee", "stac"],
+                   help="where the pixels come from (default: synthetic, needs no account)")
+    p.add_argument("--stac-catalog", help="STAC API URL or local catalog.json (source stac)")
+    p.add_argument("--gee-project", help="Google Cloud project for Earth Engine (source gee)")
+    p.add_argument("--gee-key-file", help="service-account key JSON for Earth Engine (or MININGXR_GEE_KEY_FILE)")
+    p.add_argument("--buffer-km", type=float, default=2.0, help="buffer around polygons with --country (km)")
+    p.add_argument("--retry-failed", action="store_true", help="retry shards that failed before")
+    p.add_argument("--force", action="store_true", help="rewrite shards already done")
+    p.add_argument("--all-touched", action="store_true", help="burn every pixel a polygon touches")
+    _common(p)
+
+    p = sub.add_parser("status", help="what is done, running, failed and left in a store")
+    p.add_argument("--store", required=True)
+    p.add_argument("--errors", action="store_true", help="list every failed shard with its error")
+    _common(p)
+
+    p = sub.add_parser("train", help="build the tile index and train a UNet on a store")
+    p.add_argument("--store", required=True)
+    p.add_argument("--out", default="miningxr-run", help="folder for model.keras, logs, history")
+    p.add_argument("--year", type=int, help="imagery year (default: the latest ingested)")
+    for name, typ in (("epochs", int), ("batch-size", int), ("base-filters", int), ("depth", int),
+                      ("learning-rate", float), ("dropout", float), ("pos-weight", float), ("patience", int)):
+        p.add_argument(f"--{name}", type=typ)
+    p.add_argument("--loss", choices=["bce", "dice", "focal", "combined"])
+    p.add_argument("--mixed-precision", action="store_true", default=None)
+    p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
+    _common(p)
+
+    p = sub.add_parser("predict", help="predict mining probability into a prediction Zarr")
+    p.add_argument("--store", required=True)
+    p.add_argument("--model", required=True, help="a .keras file from `miningxr train`")
+    p.add_argument("--out", required=True, help="the prediction Zarr (resumable)")
+    _region_args(p)
+    p.add_argument("--year", type=int)
+    p.add_argument("--overlap", type=int, help="pixels of overlap between tiles (default 16)")
+    p.add_argument("--batch-size", type=int)
+    _common(p)
+
+    p = sub.add_parser("evaluate", help="metrics, plots and a JSON report over a split")
+    p.add_argument("--store", required=True)
+    p.add_argument("--predictions", required=True)
+    p.add_argument("--polygons", help="mining polygons for per-polygon detection")
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--out", default="miningxr-eval", help="folder for report.json and PNGs")
+    _common(p)
+
+    p = sub.add_parser("export", help="GeoTIFF/COG of probability and mask, GeoPackage of mines")
+    p.add_argument("--store", required=True)
+    p.add_argument("--predictions", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--threshold", type=float, default=0.5)
+    _common(p)
+
+    p = sub.add_parser("demo", help="the whole pipeline on the synthetic source, into one folder",
+                       description="Ingest a synthetic region with mines, rasterize the masks, build "
+                                   "the tile index, train a small UNet on CPU, predict, evaluate and "
+                                   "export, into --out. No account and no network needed.")
+    p.add_argument("--out", default="miningxr-demo")
+    p.add_argument("--lon", type=float, default=29.05)
+    p.add_argument("--lat", type=float, default=-25.95)
+    p.add_argument("--shards", type=int, nargs=2, default=(1, 2), metavar=("ROWS", "COLS"),
+                   help="how many 2048x2048 shards to process (default 1 2)")
+    p.add_argument("--year", type=int, default=2020)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--base-filters", type=int, default=16)
+    p.add_argument("--overlap", type=int, default=16)
+    _common(p)
+    return parser
+
+
+def _config(args):
+    from .config import Config
+
+    return Config.from_file(args.config) if getattr(args, "config", None) else Config()
+
+
+def _region(args):
+    from .grid import Region
+
+    chosen = [x for x in (args.bbox, args.country) if x]
+    if args.bbox and args.country:
+        raise SystemExit("error: give --bbox or --country, not both")
+    if args.bbox:
+        return Region.from_bbox(args.bbox)
+    if args.country:
+        return Region.from_country(args.country)
+    if not chosen:
+        return None
+
+
+def cmd_ingest(args) -> int:
+    from .ingest import ingest
+    from .labels import read_polygons, write_mask
+
+    cfg = _config(args)
+    region = _region(args)
+    if region is None:
+        raise SystemExit("error: ingest needs a region: --bbox MINLON MINLAT MAXLON MAXLAT or --country ISO3")
+    opts = {}
+    if args.source == "stac":
+        if not args.stac_catalog:
+            raise SystemExit("error: --source stac needs --stac-catalog URL_OR_PATH")
+        opts["catalog"] = args.stac_catalog
+    if args.source == "gee":
+        opts.update(project=args.gee_project, key_file=args.gee_key_file)
+    if args.source == "synthetic":
+        opts["config"] = cfg.synthetic
+    shard_ids = None
+    if args.polygons and args.country:
+        from .grid import country_shards
+
+        gdf = read_polygons(args.polygons, country=args.country)
+        shard_ids = country_shards(region, gdf, cfg.store.shard, buffer_m=args.buffer_km * 1000,
+                                   seed=cfg.tiles.seed)
+        log.info("%d shard(s) around %d %s polygon(s), with mine-free samples", len(shard_ids), len(gdf), args.country)
+    report = ingest(args.store, region, args.year, source=args.source, source_options=opts, layout=cfg.store,
+                    shard_ids=shard_ids, retry_failed=args.retry_failed, force=args.force,
+                    scheduler=args.scheduler, progress=not args.quiet)
+    print(report)
+    if args.polygons:
+        print(write_mask(args.store, args.polygons, country=args.country, all_touched=args.all_touched,
+                         scheduler=args.scheduler, progress=not args.quiet))
+    return 0 if report.ok else 1
+
+
+def cmd_status(args) -> int:
+    from .store import failures, status, store_layout
+
+    layout = store_layout(args.store)
+    table = status(args.store)
+    print(f"store {args.store}: EPSG:6933 30 m global grid, chunks {layout.chunk}, shards {layout.shard}")
+    if table.empty:
+        print("nothing ingested yet")
+        return 0
+    print(table.to_string(index=False))
+    left = int(table.pending.sum() + table.running.sum() + table.failed.sum())
+    print(f"{int(table.done.sum())} shard(s) done, {left} left")
+    fails = failures(args.store)
+    if not fails.empty:
+        show = fails if args.errors else fails.head(5)
+        print("failed:")
+        for _, r in show.iterrows():
+            print(f"  {r.variable} year={r.year} shard=({r.shard_row}, {r.shard_col}) attempts={r.attempts}: {r.error}")
+        print("retry them with `miningxr ingest ... --retry-failed`")
+    return 0
+
+
+def train_config(cfg, args):
+    """The [train] config with the flags the user gave on top."""
+    return cfg.replace("train", epochs=args.epochs, batch_size=args.batch_size, base_filters=args.base_filters,
+                       depth=args.depth, learning_rate=args.learning_rate, dropout=args.dropout,
+                       pos_weight=args.pos_weight, patience=args.patience, loss=args.loss,
+                       mixed_precision=args.mixed_precision, augment=args.augment).train
+
+
+def cmd_train(args) -> int:
+    from .tiles import tile_index
+
+    cfg = _config(args)
+    index = tile_index(args.store, year=args.year, config=cfg.tiles)
+    from .model.train import train
+
+    result = train(
+        args.store, index=index, config=train_config(cfg, args), out_dir=args.out, verbose=0 if args.quiet else 2)
+    print(result)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .predict import predict, write_predictions
+    from .store import open_store
+
+    cfg = _config(args)
+    ds = open_store(args.store, region=_region(args), years=args.year)
+    prob = predict(ds, args.model, overlap=args.overlap if args.overlap is not None else cfg.predict.overlap,
+                   batch_size=args.batch_size or cfg.predict.batch_size)
+    report = write_predictions(prob, args.out, scheduler=args.scheduler, progress=not args.quiet)
+    print(report)
+    return 0 if report.ok else 1
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate, plot_map, plot_tiles
+    from .predict import open_predictions
+    from .store import open_store
+    from .tiles import load_tile_index
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = evaluate(args.store, args.predictions, split=args.split, threshold=args.threshold,
+                      polygons=args.polygons, out=out / "report.json")
+    ds = open_store(args.store)
+    prob = open_predictions(args.predictions, ds)
+    index = load_tile_index(args.store)
+    plot_tiles(ds, prob, index, out / "tiles.png", split=args.split if args.split != "all" else "test")
+    plot_map(ds, prob, out / "map.png", index=index, threshold=args.threshold)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export
+    from .predict import open_predictions
+    from .store import open_store
+
+    prob = open_predictions(args.predictions, open_store(args.store))
+    for kind, path in export(prob, args.out, threshold=args.threshold).items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+COMMANDS = {"ingest": cmd_ingest, "status": cmd_status, "train": cmd_train, "predict": cmd_predict,
+            "evaluate": cmd_evaluate, "export": cmd_export, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logfile = Path(args.out) / "miningxr.log" if args.command == "demo" else None
+    _setup_logging(-1 if args.quiet else args.verbose, logfile)
+    from .labels import LabelError
+    from .predict import ModelMismatchError
+    from .sources import SourceError
+    from .store import StoreError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (StoreError, SourceError, LabelError, ModelMismatchError, ValueError, FileNotFoundError) as e:
+        # expected mistakes: one clear line, no traceback (-v shows it)
+        if args.verbose:
+            log.exception("failed")
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished shards are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,6 +6,9 @@
 ('year', 'band', 'y', 'x')
 """
 
+import odc.geo.xr  # noqa: F401  (registers the .odc accessor on xarray objects)
+import rioxarray  # noqa: F401  (registers the .rio accessor: CRS and transform of every output)
+
 from .config import BANDS, Config, PredictConfig, StoreLayout, SyntheticConfig, TileConfig, TrainConfig
 from .evaluate import evaluate
 from .export import export

@@ -157,10 +157,13 @@ def predict(ds: xr.Dataset | xr.DataArray, model: Any, *, overlap: int = 16, bat
     if arr.chunks is None:
         arr = arr.chunk({"y": 512, "x": 512})
     arr = arr.chunk({"band": -1})
-    stride = t - overlap
-    row_chunks, col_chunks = arr.chunks[0], arr.chunks[1]
-    aligned = overlap == 0 and all(c % t == 0 for c in (*row_chunks[:-1], *col_chunks[:-1]))
+    in_chunks = {"y": arr.chunks[0], "x": arr.chunks[1]}
+    aligned = overlap == 0 and all(c % t == 0 for c in (*arr.chunks[0][:-1], *arr.chunks[1][:-1]))
     halo = 0 if aligned else t
+    if halo:
+        # dask's overlap needs every chunk at least as deep as the halo: fold small edge chunks
+        arr = arr.chunk({"y": _min_chunks(arr.chunks[0], halo), "x": _min_chunks(arr.chunks[1], halo)})
+    row_chunks, col_chunks = arr.chunks[0], arr.chunks[1]
     model_ref = str(Path(model).resolve()) if isinstance(model, (str, os.PathLike)) else m
     mean, std = [float(v) for v in spec.mean], [float(v) for v in spec.std]  # plain lists pickle
 
@@ -181,10 +184,23 @@ def predict(ds: xr.Dataset | xr.DataArray, model: Any, *, overlap: int = 16, bat
                              meta=np.empty((0, 0), np.float32))
 
     out = xr.apply_ufunc(run, arr, input_core_dims=[["band"]], dask="allowed", keep_attrs=False)
+    out = out.chunk(in_chunks)  # exactly the input's chunks
+    if "spatial_ref" in arr.coords:  # apply_ufunc drops coordinate attrs, and with them the CRS
+        out = out.assign_coords(spatial_ref=arr.coords["spatial_ref"])
     out.name = "mining_probability"
     out.attrs.update(long_name="probability of mining", units="1", grid_mapping="spatial_ref",
                      overlap=overlap, tile_size=t, model=str(model) if isinstance(model, (str, os.PathLike)) else m.name)
     return out
+
+
+def _min_chunks(chunks: tuple[int, ...], depth: int) -> tuple[int, ...]:
+    out = list(chunks)
+    while len(out) > 1 and min(out) < depth:
+        i = out.index(min(out))
+        j = i - 1 if i == len(out) - 1 or (i > 0 and out[i - 1] < out[i + 1]) else i + 1
+        out[min(i, j)] += out[max(i, j)]
+        del out[max(i, j)]
+    return tuple(out)
 
 
 def write_predictions(pred: xr.DataArray, path: str | os.PathLike, *, progress: bool = True,

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+
+from miningxr import ingest, open_store, status
+from miningxr.grid import GridSlice
+from miningxr.store import Catalog
+
+
+def test_rerunning_an_ingest_skips_done_shards(store, shard_slice):
+    report = ingest(store, shard_slice, 2020, progress=False)
+    assert (report.written, report.skipped) == (0, 1)
+
+
+def test_two_regions_ingested_separately_agree_on_overlap(tmp_path, client, shard_slice):
+    a, b = tmp_path / "a.zarr", tmp_path / "b.zarr"
+    left = GridSlice(shard_slice.row0, shard_slice.row1, shard_slice.col0, shard_slice.col1)
+    right = GridSlice(shard_slice.row0, shard_slice.row1, shard_slice.col0 + 1000, shard_slice.col1 + 1000)
+    ingest(a, left, 2021, progress=False)
+    ingest(b, right, 2021, progress=False)
+    overlap = GridSlice(shard_slice.row0, shard_slice.row1, shard_slice.col0 + 1000, shard_slice.col1)
+    va = open_store(a, region=overlap, years=2021).landsat.values
+    vb = open_store(b, region=overlap, years=2021).landsat.values
+    assert not np.isnan(va).any()
+    assert np.array_equal(va, vb)
+
+
+def test_failed_shard_is_recorded_with_its_error_and_retried_on_request(tmp_path, client, shard_slice, monkeypatch):
+    import sys
+
+    ing = sys.modules["miningxr.ingest"]  # the package's `ingest` name is the function
+
+    path = tmp_path / "f.zarr"
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ing, "write_block", boom)
+    report = ingest(path, shard_slice, 2020, progress=False)
+    assert not report.ok and "No space left" in next(iter(report.failed.values()))
+    assert status(path).failed.sum() == 1
+    with Catalog(path) as cat:
+        assert "No space left" in cat.shards(state="failed").error.iloc[0]
+    monkeypatch.undo()
+    assert ingest(path, shard_slice, 2020, progress=False).written == 0  # failed are left alone
+    assert ingest(path, shard_slice, 2020, progress=False, retry_failed=True).written == 1
+    assert status(path).done.sum() == 1
+
+
+def test_a_shard_held_by_a_live_ingest_is_not_claimed_twice(tmp_path, shard_slice):
+    from miningxr.store import _owner, create_store
+
+    path = tmp_path / "c.zarr"
+    create_store(path)
+    key = (2020, shard_slice.row0 // 2048, shard_slice.col0 // 2048)
+    with Catalog(path) as cat:
+        cat.plan("landsat", [2020], [key[1:]], "synthetic")
+        first, _ = cat.claim("landsat", [key], _owner())
+        second, busy = cat.claim("landsat", [key], _owner())
+    assert first == [key] and second == [] and busy == [key]
+
+
+def test_a_dead_owner_s_claim_is_taken_over(tmp_path, shard_slice):
+    from miningxr.store import create_store
+
+    path = tmp_path / "d.zarr"
+    create_store(path)
+    key = (2020, 1, 1)
+    with Catalog(path) as cat:
+        cat.plan("landsat", [2020], [(1, 1)], "synthetic")
+        cat.claim("landsat", [key], "localhost-that-died:999999999:0")
+        import socket
+
+        cat.db.execute("UPDATE shards SET owner=?", (f"{socket.gethostname()}:999999999:0",))
+        claimed, busy = cat.claim("landsat", [key], "me:1:1")
+    assert claimed == [key] and busy == []
+
+
+def test_year_outside_the_store_is_refused_before_writing(tmp_path, shard_slice):
+    with pytest.raises(ValueError, match="outside"):
+        ingest(tmp_path / "y.zarr", shard_slice, 1900, progress=False)

@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+
+from miningxr import load_tile_index, open_store, training_dataset
+from miningxr.config import TrainConfig
+from miningxr.loader import LoaderError, normalize
+
+
+def test_batches_have_tile_shapes_and_binary_masks(store):
+    ds = training_dataset(store, split="val", config=TrainConfig(batch_size=8))
+    x, y = next(iter(ds))
+    assert x.shape == (8, 64, 64, 7) and y.shape == (8, 64, 64, 1)
+    assert set(np.unique(y.numpy())) <= {0.0, 1.0}
+
+
+def test_every_selected_tile_is_served_once_per_epoch(store):
+    index = load_tile_index(store)
+    n = int(((index.split == "test") & index.selected).sum())
+    ds = training_dataset(store, split="test", config=TrainConfig(batch_size=16))
+    assert sum(int(x.shape[0]) for x, _ in ds) == n
+
+
+def test_tiles_are_normalized_store_pixels(store):
+    index = load_tile_index(store)
+    stats = index.attrs["stats"]
+    tile = index[(index.split == "val") & index.selected].iloc[0]
+    ds = training_dataset(store, index[index.index == tile.name], split="val", shuffle=False, augment=False)
+    x, y = next(iter(ds))
+    raw = open_store(store).landsat.isel(year=0).sel(
+        y=slice(None), x=slice(None)).isel(y=slice(tile.row0 - index.row0.min(), tile.row0 - index.row0.min() + 64),
+                                          x=slice(tile.col0 - index.col0.min(), tile.col0 - index.col0.min() + 64))
+    want = normalize(raw.transpose("y", "x", "band").values, stats["mean"], stats["std"])
+    np.testing.assert_allclose(x.numpy()[0], want, atol=1e-5)
+
+
+def test_reads_can_run_on_a_dask_cluster(store, client):
+    ds = training_dataset(store, split="val", config=TrainConfig(batch_size=8), client=client)
+    x, y = next(iter(ds))
+    assert x.shape == (8, 64, 64, 7)
+
+
+def test_unknown_split_is_named(store):
+    with pytest.raises(LoaderError, match="no selected tile"):
+        training_dataset(store, split="holdout")
+
+
+def test_normalize_turns_no_data_into_zero():
+    dn = np.array([[[-32768, 1000]]], dtype=np.int16).reshape(1, 2, 1)
+    out = normalize(dn, [0.1], [0.05], band_axis=-1)
+    assert out[0, 0, 0] == 0 and out[0, 1, 0] == pytest.approx(0.0, abs=1e-5)

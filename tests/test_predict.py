@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+
+from miningxr import ModelMismatchError, open_store, predict
+from miningxr.loader import normalize
+from miningxr.model.unet import load_model, model_spec
+
+
+@pytest.fixture(scope="module")
+def cube(store):
+    return open_store(store).isel(y=slice(0, 640), x=slice(0, 768))
+
+
+def test_prediction_keeps_coordinates_crs_and_chunks(cube, tiny_model):
+    prob = predict(cube, tiny_model, overlap=16)
+    assert prob.dims == ("y", "x")
+    assert np.array_equal(prob.x, cube.x) and np.array_equal(prob.y, cube.y)
+    assert prob.chunks == cube.landsat.isel(year=0, band=0).chunks
+    assert prob.rio.crs.to_epsg() == 6933
+    assert prob.name == "mining_probability"
+
+
+def test_a_tile_equals_model_predict_when_overlap_is_zero(cube, tiny_model):
+    prob = predict(cube, tiny_model, overlap=0).values
+    model = load_model(tiny_model)
+    spec = model_spec(model)
+    raw = cube.landsat.isel(year=0, y=slice(192, 256), x=slice(512, 576)).transpose("y", "x", "band").values
+    want = model.predict(normalize(raw, spec.mean, spec.std)[None], verbose=0)[0, ..., 0]
+    np.testing.assert_allclose(prob[192:256, 512:576], want, atol=1e-5)
+
+
+def test_no_seams_the_result_does_not_depend_on_chunking(cube, tiny_model):
+    a = predict(cube, tiny_model, overlap=16).values
+    b = predict(cube.chunk({"y": 200, "x": 333}), tiny_model, overlap=16).values
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    # and values are continuous across a block edge (x=512): no jump larger than elsewhere
+    jump = np.abs(a[:, 512] - a[:, 511]).mean()
+    typical = np.abs(np.diff(a, axis=1)).mean()
+    assert jump < 3 * typical + 1e-6
+
+
+def test_a_model_with_other_bands_is_refused(cube, tmp_path):
+    from miningxr import build_unet
+    from miningxr.config import TrainConfig
+
+    path = tmp_path / "six.keras"
+    build_unet(TrainConfig(base_filters=4, depth=2, bands=("blue", "green", "red", "nir", "swir1", "ndvi"))).save(path)
+    with pytest.raises(ModelMismatchError, match="missing \\['ndvi'\\]"):
+        predict(cube, path)
+
+
+def test_a_missing_model_file_is_named(cube, tmp_path):
+    with pytest.raises(FileNotFoundError, match="miningxr train"):
+        predict(cube, tmp_path / "none.keras")

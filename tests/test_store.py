@@ -1,0 +1,72 @@
+import time
+
+import numpy as np
+import pytest
+
+from miningxr import StoreError, open_landsat, open_store, status
+from miningxr.grid import GridSlice
+from miningxr.store import create_store
+
+
+def test_store_reads_back_exactly_what_the_source_gave(store):
+    ds = open_store(store, years=2020)
+    src = open_landsat(GridSlice.of_coords(ds), 2020)
+    assert np.array_equal(ds.landsat.values, src.landsat.values, equal_nan=True)
+
+
+def test_store_keeps_grid_coordinates_and_crs(store, shard_slice):
+    ds = open_store(store)
+    assert GridSlice.of_coords(ds) == shard_slice
+    assert ds.rio.crs.to_epsg() == 6933
+    assert ds.odc.geobox == shard_slice.geobox
+
+
+def test_opening_a_sparse_global_store_is_fast(store):
+    t0 = time.perf_counter()
+    ds = open_store(store)
+    assert time.perf_counter() - t0 < 1.0
+    # the graph covers the ingested slice, not the globe
+    assert len(ds.landsat.data.__dask_graph__()) < 1000
+
+
+def test_unwritten_regions_read_as_no_data(store, shard_slice):
+    other = GridSlice(shard_slice.row0 - 512, shard_slice.row0, shard_slice.col0, shard_slice.col0 + 512)
+    ds = open_store(store, region=other, years=2020)
+    assert np.isnan(ds.landsat.values).all()
+
+
+def test_status_reports_done_shards(store):
+    table = status(store)
+    row = table[table.variable == "landsat"].iloc[0]
+    assert (row.done, row.pending, row.failed) == (1, 0, 0)
+
+
+def test_a_path_that_is_not_a_store_is_refused(tmp_path):
+    with pytest.raises(StoreError, match="not a miningxr store"):
+        open_store(tmp_path / "nothing.zarr")
+    import zarr
+
+    zarr.open_group(tmp_path / "other.zarr", mode="w")
+    with pytest.raises(StoreError, match="not a miningxr store"):
+        open_store(tmp_path / "other.zarr")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x.txt").write_text("x")
+    with pytest.raises(StoreError, match="not a miningxr store"):
+        create_store(tmp_path / "full")
+
+
+def test_store_of_an_older_layout_is_refused(tmp_path):
+    import json
+
+    path = tmp_path / "old.zarr"
+    create_store(path)
+    meta = json.loads((path / "zarr.json").read_text())
+    meta["attributes"]["miningxr"]["layout_version"] = 0
+    (path / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="layout version 0"):
+        open_store(path)
+
+
+def test_year_outside_the_store_is_refused(store):
+    with pytest.raises(StoreError, match="outside the store's years"):
+        open_store(store, years=1950)

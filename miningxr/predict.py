@@ -108,7 +108,8 @@ def predict_array(x: np.ndarray, model: Any, *, origin: tuple[int, int] = (0, 0)
         n = len(tiles)
         if n < batch_size:  # a fixed batch shape: one traced graph for every call
             tiles = np.concatenate([tiles, np.zeros((batch_size - n, *tiles.shape[1:]), tiles.dtype)])
-        p = np.asarray(model(tiles, training=False))[:n, ..., 0]
+        # predict_on_batch runs the compiled predict function (eager model(...) is ~1.5x slower)
+        p = np.asarray(model.predict_on_batch(tiles))[:n, ..., 0]
         for (r, c), pt in zip(batch, p):
             acc[r:r + t, c:c + t] += pt * wt
             wsum[r:r + t, c:c + t] += wt

@@ -1,0 +1,32 @@
+import json
+
+import pytest
+
+from miningxr import load_tile_index, train
+from miningxr.config import TileConfig, TrainConfig
+
+
+@pytest.mark.slow
+def test_small_unet_reaches_iou_08_on_the_spatial_test_split(store, tmp_path):
+    from miningxr import tile_index
+
+    index = tile_index(store, config=TileConfig(negative_ratio=0.5), save=False)
+    cfg = TrainConfig(base_filters=16, epochs=12, learning_rate=2e-3, patience=12)
+    result = train(store, index=index, config=cfg, out_dir=tmp_path, verbose=0)
+    assert result.test_metrics["iou"] >= 0.8
+    saved = json.loads((tmp_path / "train.json").read_text())
+    assert saved["test"]["iou"] == pytest.approx(result.test_metrics["iou"])
+    assert (tmp_path / "model.keras").exists() and (tmp_path / "history.csv").exists()
+
+
+def test_one_training_step_writes_model_and_logs(store, tmp_path):
+    cfg = TrainConfig(base_filters=4, depth=2, epochs=1, batch_size=16)
+    result = train(store, index=load_tile_index(store), config=cfg, out_dir=tmp_path, verbose=0, steps_per_epoch=2)
+    assert result.model_path.exists()
+    assert {"iou", "dice", "precision", "recall", "f1", "auc"} <= set(result.test_metrics)
+    assert (tmp_path / "tensorboard").is_dir()
+
+
+def test_bands_missing_from_the_store_are_refused(store, tmp_path):
+    with pytest.raises(ValueError, match="not in the store's bands"):
+        train(store, config=TrainConfig(bands=("blue", "ndvi")), out_dir=tmp_path)

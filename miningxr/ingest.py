@@ -157,6 +157,27 @@ def _write_task(store, layout, years, cover, row_edges, col_edges, blocks, key):
     return dask.delayed(write_block, pure=False)(store, "landsat", index, blocks[yi_src, 0, i, j])
 
 
+def run_yearless_shards(store: str, variable: str, ids: list, source: str, task, report: IngestReport, *,
+                        desc: str, scheduler: str | None, progress: bool, force: bool = False) -> None:
+    """Plan, claim and run one task per shard of a variable without a year axis (masks, predictions)."""
+    from .store import NO_YEAR
+
+    owner = _owner()
+    keys = [(NO_YEAR, r, c) for r, c in ids]
+    with Catalog(store) as cat:
+        cat.plan(variable, [NO_YEAR], ids, source)
+        todo, _ = cat.claim(variable, keys, owner, force=force)
+        report.skipped = len(keys) - len(todo)
+        with dask_client(scheduler) as client:
+            bar = tqdm(total=len(todo), desc=desc, unit="shard", disable=not progress)
+            try:
+                _run(client, cat, variable, todo, owner, source, report, bar, task)
+            except BaseException:
+                cat.release(owner)
+                raise
+            bar.close()
+
+
 def _run(client: distributed.Client, cat: Catalog, variable: str, keys: list, owner: str,
          source: str, report: IngestReport, bar: tqdm, make_task) -> None:
     """Submit one task per shard and record each outcome in the catalog as it arrives."""

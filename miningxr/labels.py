@@ -257,11 +257,8 @@ def write_mask(store: str | os.PathLike, polygons: Any, *, region: Any = None, a
     import time
 
     import zarr
-    from tqdm.auto import tqdm
-
-    from ._dask import dask_client
-    from .ingest import IngestReport, _run
-    from .store import NO_YEAR, Catalog, _owner, open_store, store_layout, write_block
+    from .ingest import IngestReport, run_yearless_shards
+    from .store import Catalog, open_store, store_layout, write_block
 
     t0 = time.perf_counter()
     layout = store_layout(store)
@@ -280,8 +277,6 @@ def write_mask(store: str | os.PathLike, polygons: Any, *, region: Any = None, a
     root["mining"].attrs.update(polygons=gdf.attrs["name"], polygons_sha256=gdf.attrs["checksum"],
                                 all_touched=int(all_touched))
     report = IngestReport(store=str(store), planned=len(ids))
-    owner = _owner()
-    keys = [(NO_YEAR, r, c) for r, c in ids]
     blocks = mask.to_delayed()
     rows = list(np.cumsum([0, *mask.chunks[0]]) + gslice.row0)
     cols = list(np.cumsum([0, *mask.chunks[1]]) + gslice.col0)
@@ -294,18 +289,8 @@ def write_mask(store: str | os.PathLike, polygons: Any, *, region: Any = None, a
         index = (slice(rows[i], rows[i + 1]), slice(cols[j], cols[j + 1]))
         return dask.delayed(write_block, pure=False)(str(store), "mining", index, blocks[i, j])
 
-    with Catalog(store) as cat:
-        cat.plan("mining", [NO_YEAR], ids, gdf.attrs["name"])
-        todo, _ = cat.claim("mining", keys, owner, force=force or new_file)
-        report.skipped = len(keys) - len(todo)
-        with dask_client(scheduler) as client:
-            bar = tqdm(total=len(todo), desc="rasterize masks", unit="shard", disable=not progress)
-            try:
-                _run(client, cat, "mining", todo, owner, gdf.attrs["name"], report, bar, task)
-            except BaseException:
-                cat.release(owner)
-                raise
-            bar.close()
+    run_yearless_shards(str(store), "mining", ids, gdf.attrs["name"], task, report, desc="rasterize masks",
+                        scheduler=scheduler, progress=progress, force=force or new_file)
     report.seconds = time.perf_counter() - t0
     return report
 

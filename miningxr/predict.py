@@ -216,13 +216,11 @@ def write_predictions(pred: xr.DataArray, path: str | os.PathLike, *, progress: 
     import time
 
     import zarr
-    from tqdm.auto import tqdm
     from zarr.codecs import ZstdCodec
 
-    from ._dask import dask_client
     from .grid import GLOBAL_SHAPE, GridSlice
-    from .ingest import IngestReport, _run
-    from .store import NO_YEAR, Catalog, _owner, write_block
+    from .ingest import IngestReport, run_yearless_shards
+    from .store import write_block
 
     t0 = time.perf_counter()
     path = Path(path)
@@ -250,9 +248,7 @@ def write_predictions(pred: xr.DataArray, path: str | os.PathLike, *, progress: 
     cedges = sorted({gslice.col0, gslice.col1, *[c * shard for _, c in ids if gslice.col0 < c * shard < gslice.col1]})
     data = pred.data.rechunk((tuple(np.diff(redges)), tuple(np.diff(cedges))))
     blocks = data.to_delayed()
-    owner = _owner()
-    keys = [(NO_YEAR, r, c) for r, c in ids]
-    report = IngestReport(store=str(path), planned=len(keys))
+    report = IngestReport(store=str(path), planned=len(ids))
 
     def task(key):
         import dask
@@ -263,18 +259,8 @@ def write_predictions(pred: xr.DataArray, path: str | os.PathLike, *, progress: 
         index = (slice(redges[i], redges[i + 1]), slice(cedges[j], cedges[j + 1]))
         return dask.delayed(write_block, pure=False)(str(path), "mining_probability", index, blocks[i, j])
 
-    with Catalog(path) as cat:
-        cat.plan("mining_probability", [NO_YEAR], ids, "predict")
-        todo, _ = cat.claim("mining_probability", keys, owner)
-        report.skipped = len(keys) - len(todo)
-        with dask_client(scheduler) as client:
-            bar = tqdm(total=len(todo), desc="predict", unit="shard", disable=not progress)
-            try:
-                _run(client, cat, "mining_probability", todo, owner, "predict", report, bar, task)
-            except BaseException:
-                cat.release(owner)
-                raise
-            bar.close()
+    run_yearless_shards(str(path), "mining_probability", ids, "predict", task, report, desc="predict",
+                        scheduler=scheduler, progress=progress)
     report.seconds = time.perf_counter() - t0
     return report
 

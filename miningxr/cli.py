@@ -161,15 +161,13 @@ def _config(args):
 def _region(args):
     from .grid import Region
 
-    chosen = [x for x in (args.bbox, args.country) if x]
     if args.bbox and args.country:
         raise SystemExit("error: give --bbox or --country, not both")
     if args.bbox:
         return Region.from_bbox(args.bbox)
     if args.country:
         return Region.from_country(args.country)
-    if not chosen:
-        return None
+    return None
 
 
 def cmd_ingest(args) -> int:

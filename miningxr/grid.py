@@ -227,6 +227,11 @@ class Region:
         return [s for s in candidates if GridSlice.of_shard(s, shard).geobox.extent.intersects(geom)]
 
 
+def block_edges(a: int, b: int, step: int) -> list[int]:
+    """Edges that cut ``[a, b)`` at the multiples of ``step`` inside it (block starts on the grid)."""
+    return [a, *range((a // step + 1) * step, b, step), b]
+
+
 def country_shards(region: Region, polygons: Any, shard: int, *, buffer_m: float = 2000.0,
                    seed: int = 0) -> list[tuple[int, int]]:
     """Shards around a country's mining polygons, plus as many sampled mine-free shards of it.

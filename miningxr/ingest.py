@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ._dask import dask_client
 from .config import StoreLayout
-from .grid import GridSlice, Region, as_region
+from .grid import GridSlice, Region, as_region, block_edges
 from .sources import open_landsat
 from .store import Catalog, _owner, create_store, remove_partials, write_block
 
@@ -101,8 +101,8 @@ def ingest(store: str | Path, region: Any, years: int | Sequence[int], *, source
                       **(source_options or {}))
     dn = ds["landsat"].data
     # the source's chunks may be request-sized (gee) or scene-sized (stac): one chunk per shard
-    row_edges = _edges(cover.row0, cover.row1, layout.shard)
-    col_edges = _edges(cover.col0, cover.col1, layout.shard)
+    row_edges = block_edges(cover.row0, cover.row1, layout.shard)
+    col_edges = block_edges(cover.col0, cover.col1, layout.shard)
     dn = dn.rechunk((1, dn.shape[1], tuple(np.diff(row_edges)), tuple(np.diff(col_edges))))
     blocks = dn.to_delayed()
 
@@ -140,10 +140,6 @@ def ingest(store: str | Path, region: Any, years: int | Sequence[int], *, source
     report.seconds = time.perf_counter() - t0
     log.info("%s", report)
     return report
-
-
-def _edges(a: int, b: int, step: int) -> list[int]:
-    return [a, *range((a // step + 1) * step, b, step), b]
 
 
 def _write_task(store, layout, years, cover, row_edges, col_edges, blocks, key):

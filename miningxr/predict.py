@@ -218,7 +218,7 @@ def write_predictions(pred: xr.DataArray, path: str | os.PathLike, *, progress: 
     import zarr
     from zarr.codecs import ZstdCodec
 
-    from .grid import GLOBAL_SHAPE, GridSlice
+    from .grid import GLOBAL_SHAPE, GridSlice, block_edges
     from .ingest import IngestReport, run_yearless_shards
     from .store import write_block
 
@@ -244,8 +244,8 @@ def write_predictions(pred: xr.DataArray, path: str | os.PathLike, *, progress: 
     shard = meta["shard"]
     ids = gslice.shard_ids(shard)
     # one task per shard: the prediction rechunked so each block is the part of one shard
-    redges = sorted({gslice.row0, gslice.row1, *[r * shard for r, _ in ids if gslice.row0 < r * shard < gslice.row1]})
-    cedges = sorted({gslice.col0, gslice.col1, *[c * shard for _, c in ids if gslice.col0 < c * shard < gslice.col1]})
+    redges = block_edges(gslice.row0, gslice.row1, shard)
+    cedges = block_edges(gslice.col0, gslice.col1, shard)
     data = pred.data.rechunk((tuple(np.diff(redges)), tuple(np.diff(cedges))))
     blocks = data.to_delayed()
     report = IngestReport(store=str(path), planned=len(ids))

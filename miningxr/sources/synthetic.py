@@ -29,7 +29,7 @@ from rasterio import features
 from shapely.geometry import Polygon
 
 from ..config import BANDS, SyntheticConfig
-from ..grid import _X0, _Y1, CRS_GRID, RESOLUTION, GridSlice, as_region
+from ..grid import _X0, _Y1, CRS_GRID, RESOLUTION, GridSlice, as_region, block_edges
 from ._common import check_years, encode_dn, landsat_dataset
 
 # Landsat-like spectra: blue green red nir swir1 swir2 reflectance, then thermal as
@@ -204,11 +204,8 @@ def open_synthetic(region, years: int | Sequence[int], *, config: SyntheticConfi
 
 def synthetic_dn(gslice: GridSlice, years: Sequence[int], cfg: SyntheticConfig, chunks: int) -> da.Array:
     """The packed ``(year, band, y, x)`` int16 dask array; blocks start on multiples of ``chunks``."""
-    def edges(a: int, b: int) -> list[int]:
-        inner = list(range((a // chunks + 1) * chunks, b, chunks))
-        return [a, *inner, b]
-
-    redges, cedges = edges(gslice.row0, gslice.row1), edges(gslice.col0, gslice.col1)
+    redges = block_edges(gslice.row0, gslice.row1, chunks)
+    cedges = block_edges(gslice.col0, gslice.col1, chunks)
     name = "synthetic-" + tokenize(cfg, gslice, tuple(years), chunks)
     dsk = {
         (name, yi, 0, i, j): (_block, cfg, year, redges[i], redges[i + 1], cedges[j], cedges[j + 1])

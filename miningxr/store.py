@@ -353,7 +353,7 @@ def status(store: str | os.PathLike) -> pd.DataFrame:
     store_layout(store)
     with Catalog(store) as cat:
         df = cat.shards()
-    cols = ["variable", "year", *STATES, "total"]
+    cols = ["variable", "year", *STATES, "total", "error"]
     if df.empty:
         return pd.DataFrame(columns=cols)
     table = df.pivot_table(index=["variable", "year"], columns="state", values="shard_row",
@@ -363,6 +363,9 @@ def status(store: str | os.PathLike) -> pd.DataFrame:
             table[s] = 0
     table = table[list(STATES)]
     table["total"] = table.sum(axis=1)
+    # the last recorded error of each group, so `miningxr status` says why shards failed
+    failed = df[df["state"] == "failed"]
+    table["error"] = failed.groupby(["variable", "year"])["error"].last()
     return table.reset_index()[cols]
 
 

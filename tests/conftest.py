@@ -6,10 +6,44 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import socket
+
 import distributed
 import pytest
 
 from miningxr.grid import GridSlice, Region
+
+_LOCAL_NAMES = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "", socket.gethostname()}
+
+
+def _block_network() -> None:
+    """Refuse every connection that would leave this machine: tests must run offline.
+
+    Loopback stays open for the Dask scheduler and workers. A test that reaches for the network
+    (Earth Engine, a STAC API, a token endpoint) gets the OSError a machine without network
+    would give, which is exactly what the "no network" error paths must handle.
+    """
+    real_getaddrinfo, real_connect = socket.getaddrinfo, socket.socket.connect
+
+    def getaddrinfo(host, *args, **kwargs):
+        name = host.decode() if isinstance(host, bytes) else str(host or "")
+        if name not in _LOCAL_NAMES and not name.startswith("127.") and not name.startswith("/"):
+            raise socket.gaierror(socket.EAI_NONAME, f"network access blocked in tests: {name}")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    def connect(self, address):
+        # a UDP connect sends nothing (distributed uses one to find its own address)
+        if self.family in (socket.AF_INET, socket.AF_INET6) and self.type == socket.SOCK_STREAM:
+            host = str(address[0])
+            if not (host.startswith("127.") or host in ("::1", "localhost")):
+                raise OSError(101, f"network access blocked in tests: {address}")
+        return real_connect(self, address)
+
+    socket.getaddrinfo = getaddrinfo
+    socket.socket.connect = connect
+
+
+_block_network()
 
 # a 2048x2048 shard in South Africa with several synthetic mines
 LON, LAT = 29.05, -25.95

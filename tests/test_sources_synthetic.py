@@ -56,9 +56,3 @@ def test_mines_are_bright_in_swir_with_low_ndvi(shard_slice):
     ndvi = (b[1] - b[0]) / (b[1] + b[0])
     assert b[2][mask].mean() > b[2][~mask].mean() + 0.05
     assert ndvi[mask].mean() < ndvi[~mask].mean()
-
-
-@pytest.mark.parametrize("source", ["gee", "stac"])
-def test_sources_not_built_yet_say_so(shard_slice, source):
-    with pytest.raises(SourceError, match="not available in this version"):
-        open_landsat(shard_slice, 2020, source=source)

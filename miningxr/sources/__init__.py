@@ -57,8 +57,12 @@ def open_landsat(region: Any, year: int | Sequence[int], source: str = "syntheti
         from .synthetic import open_synthetic
 
         return open_synthetic(gslice, year, chunks=chunks, decode=decode, **options)
-    if source in ("gee", "stac"):
-        # not built yet (see the project's issue on real sources): say so instead of failing deep inside
-        raise SourceError(f"source {source!r} is not available in this version of miningxr; "
-                          "use source='synthetic' for now")
+    if source == "gee":
+        from .gee import open_gee
+
+        return open_gee(gslice, year, chunks=chunks, decode=decode, **options)
+    if source == "stac":
+        from .stac import open_stac
+
+        return open_stac(gslice, year, chunks=chunks, decode=decode, **options)
     raise SourceError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")

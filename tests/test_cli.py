@@ -25,3 +25,32 @@ def test_help_teaches_the_pipeline(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "miningxr demo" in capsys.readouterr().out
+
+
+def test_ingest_by_country_takes_shards_around_its_mines_plus_mine_free_samples(tmp_path, client, polygons_path):
+    import geopandas as gpd
+
+    from miningxr.grid import CRS_GRID, GridSlice, Region
+    from miningxr.store import Catalog
+
+    cfg = tmp_path / "small.toml"
+    cfg.write_text("[store]\nchunk = 256\nshard = 512\n")
+    store = tmp_path / "s.zarr"
+    assert main(["ingest", "--store", str(store), "--country", "ZAF", "--polygons", str(polygons_path),
+                 "--year", "2020", "--buffer-km", "1", "--config", str(cfg), "-q"]) == 0
+    with Catalog(store) as cat:
+        ids = {(r, c) for r, c in cat.shards()[["shard_row", "shard_col"]].itertuples(index=False)}
+    mines = gpd.read_file(polygons_path).to_crs(CRS_GRID)
+    near = set(Region.from_geometry(mines.buffer(1000)).shard_ids(512))
+    zaf = Region.from_country("ZAF").geometry
+    assert near and near <= ids and len(ids) == 2 * len(near)
+    for s in ids - near:  # the negatives: inside the country, away from every mine
+        extent = GridSlice.of_shard(s, 512).geobox.extent
+        assert extent.intersects(zaf)
+        assert not mines.buffer(1000).intersects(extent.geom).any()
+
+
+def test_ingest_by_country_without_its_polygons_is_a_clear_error(tmp_path, capsys, polygons_path):
+    assert main(["ingest", "--store", str(tmp_path / "s.zarr"), "--country", "BWA", "--polygons",
+                 str(polygons_path), "--year", "2020", "-q"]) == 2
+    assert "BWA" in capsys.readouterr().err

@@ -53,6 +53,23 @@ def dn_to_ours(dn: xr.DataArray, band: str) -> xr.DataArray:
     return dn * SR_SCALE + SR_OFFSET
 
 
+def _nanmedian(values: np.ndarray) -> np.ndarray:
+    # a pixel with no clear scene in the year is no data, not a reason for numpy to warn (and
+    # warnings filters are not thread-safe, so the empty pixels are taken out instead)
+    empty = np.isnan(values).all(axis=-1)
+    if empty.any():
+        values = np.where(empty[..., None], 0.0, values)
+    out = np.nanmedian(values, axis=-1)
+    out[empty] = np.nan
+    return out
+
+
+def clear_median(values: xr.DataArray, dim: str = "time") -> xr.DataArray:
+    """Median over ``dim`` of the non-NaN values; NaN where there is none. One task per block."""
+    return xr.apply_ufunc(_nanmedian, values, input_core_dims=[[dim]], dask="parallelized",
+                          output_dtypes=[values.dtype])
+
+
 def search_items(catalog: str | Path, bbox_lonlat: Sequence[float], years: Sequence[int], *,
                  collection: str = COLLECTION, query: Mapping | None = None) -> list:
     """STAC items intersecting a lon/lat bbox in the given years, from an API or a static catalog."""
@@ -162,8 +179,7 @@ def open_stac(region: Any, years: int | Sequence[int], *, catalog: str | Path | 
         if stack.sizes["x"] != gb.shape.x or stack.sizes["y"] != gb.shape.y:
             raise SourceError(f"stackstac returned {stack.sizes} for a {gb.shape} slice")
         clear = qa_clear(stack.sel(band=QA_ASSET), qa_bits)
-        bands = [dn_to_ours(stack.sel(band=assets[b]).where(clear), b).median("time", skipna=True)
-                 for b in BANDS]
+        bands = [clear_median(dn_to_ours(stack.sel(band=assets[b]).where(clear), b)) for b in BANDS]
         composites.append(xr.concat(bands, dim="band", coords="minimal", compat="override"))
     cube = xr.concat(composites, dim="year", coords="minimal", compat="override")
     dn = cube.transpose("year", "band", "y", "x").data

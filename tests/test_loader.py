@@ -48,3 +48,21 @@ def test_normalize_turns_no_data_into_zero():
     dn = np.array([[[-32768, 1000]]], dtype=np.int16).reshape(1, 2, 1)
     out = normalize(dn, [0.1], [0.05], band_axis=-1)
     assert out[0, 0, 0] == 0 and out[0, 1, 0] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_augmentation_moves_masks_with_their_tiles():
+    import tensorflow as tf
+
+    from miningxr.loader import prepare_batch
+
+    rng = np.random.default_rng(3)
+    dn = rng.integers(0, 3000, (16, 2, 8, 8)).astype(np.int16)
+    y = (dn[:, :1] > 1500).astype(np.uint8)  # the mask is a function of band 0, pixel by pixel
+    tf.random.set_seed(0)
+    seen = set()
+    for _ in range(12):
+        x, m = prepare_batch(tf.constant(dn), tf.constant(y), [0.0, 0.0], [1.0, 1.0], augment=True,
+                             brightness=0.0, contrast=0.0)
+        np.testing.assert_array_equal(x.numpy()[..., 0] > 0.15, m.numpy()[..., 0] > 0.5)
+        seen.add(x.numpy()[0, :, :, 0].tobytes())
+    assert len(seen) > 2  # several of the 8 flips/rotations were drawn

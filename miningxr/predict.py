@@ -26,6 +26,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from .config import FILL_VALUE
 from .loader import normalize
 
 
@@ -178,8 +179,15 @@ def predict(ds: xr.Dataset | xr.DataArray, model: Any, *, overlap: int = 16, bat
             i, j, _ = block_info[0]["chunk-location"]
             oh, ow = row_chunks[i], col_chunks[j]
             z = normalize(b, mean, std)
-            return predict_array(z, model_ref, origin=(int(rstart[i]) - halo, int(cstart[j]) - halo),
-                                 out_shape=(oh, ow), overlap=overlap, batch_size=batch_size)
+            p = predict_array(z, model_ref, origin=(int(rstart[i]) - halo, int(cstart[j]) - halo),
+                              out_shape=(oh, ow), overlap=overlap, batch_size=batch_size)
+            # a pixel without a single valid band has no evidence: say so rather than guess
+            core = b[halo:halo + oh, halo:halo + ow]
+            nodata = (core == FILL_VALUE).all(axis=-1) if core.dtype.kind == "i" else \
+                ~np.isfinite(core).any(axis=-1)
+            if nodata.any():
+                p = np.where(nodata, np.float32(np.nan), p)
+            return p
 
         return da.map_blocks(block, padded, chunks=(row_chunks, col_chunks), drop_axis=2, dtype=np.float32,
                              meta=np.empty((0, 0), np.float32))

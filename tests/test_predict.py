@@ -52,3 +52,19 @@ def test_a_model_with_other_bands_is_refused(cube, tmp_path):
 def test_a_missing_model_file_is_named(cube, tmp_path):
     with pytest.raises(FileNotFoundError, match="miningxr train"):
         predict(cube, tmp_path / "none.keras")
+
+
+def test_pixels_without_any_valid_band_are_predicted_as_nan(cube, tiny_model):
+    holed = cube.copy()
+    holed["landsat"] = cube.landsat.where(~((cube.y >= cube.y[100]) & (cube.y <= cube.y[50])
+                                            & (cube.x >= cube.x[300]) & (cube.x <= cube.x[399])))
+    prob = predict(holed, tiny_model, overlap=16).values
+    assert np.isnan(prob[50:101, 300:400]).all()
+    assert np.isfinite(prob[:50]).all() and np.isfinite(prob[101:]).all()
+
+
+def test_nan_in_some_bands_still_gives_a_finite_prediction(cube, tiny_model):
+    partial = cube.copy()
+    partial["landsat"] = cube.landsat.where(~((cube.band == "thermal") & (cube.x < cube.x[64])))
+    prob = predict(partial, tiny_model, overlap=16).values
+    assert np.isfinite(prob).all()

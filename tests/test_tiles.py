@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from miningxr import load_tile_index, tile_index
 from miningxr.config import TileConfig
@@ -39,3 +40,34 @@ def test_statistics_come_from_the_training_tiles(store):
     stats = load_tile_index(store).attrs["stats"]
     assert stats["bands"][0] == "blue" and len(stats["mean"]) == 7
     assert all(s > 0 for s in stats["std"])
+
+
+def test_a_store_without_imagery_is_a_clear_error(tmp_path):
+    from miningxr.config import StoreLayout
+    from miningxr.store import create_store
+
+    path = tmp_path / "empty.zarr"
+    create_store(path, StoreLayout(chunk=256, shard=512))
+    with pytest.raises(ValueError, match="ingest"):
+        tile_index(path)
+
+
+def test_all_nodata_tiles_are_never_selected(tmp_path, client, shard_slice, polygons_path):
+    import zarr
+
+    from miningxr import ingest, write_mask
+    from miningxr.config import FILL_VALUE, StoreLayout
+    from miningxr.grid import GridSlice
+
+    layout = StoreLayout(chunk=256, shard=512)
+    one = GridSlice(shard_slice.row0, shard_slice.row0 + 512, shard_slice.col0, shard_slice.col0 + 512)
+    path = tmp_path / "s.zarr"
+    ingest(path, one, 2020, layout=layout, progress=False)
+    # the top half of the shard has no data (a scene gap), as a source may leave it
+    zarr.open_group(path, mode="r+")["landsat"][2020 - layout.first_year, :, one.row0:one.row0 + 256,
+                                                 one.col0:one.col1] = FILL_VALUE
+    write_mask(path, polygons_path, progress=False)
+    index = tile_index(path, config=TileConfig(block_tiles=1, buffer_tiles=0, negative_ratio=None))
+    empty = index.row0 < one.row0 + 256
+    assert (index.valid_fraction[empty] == 0).all() and (index.valid_fraction[~empty] == 1).all()
+    assert not index.selected[empty].any() and index.selected[~empty].any()

@@ -228,26 +228,29 @@ def write_predictions(pred: xr.DataArray, path: str | os.PathLike, *, progress: 
 
     from .grid import GLOBAL_SHAPE, GridSlice, block_edges
     from .ingest import IngestReport, run_yearless_shards
-    from .store import write_block
+    from .store import create_atomically, write_block
 
     t0 = time.perf_counter()
     path = Path(path)
     gslice = GridSlice.of_coords(pred)
     chunk = int(max(pred.chunks[0])) if pred.chunks else 512
     shard = 2048 if 2048 % chunk == 0 else chunk
-    if not (path / "zarr.json").exists():
+    def build(tmp: Path) -> None:
         h, w = GLOBAL_SHAPE
         coords = GridSlice(0, h, 0, w).coords()
         ref = coords["spatial_ref"].copy()
         ref.attrs.pop("GeoTransform", None)
         xr.Dataset(coords={"x": coords["x"], "y": coords["y"], "spatial_ref": ref}).to_zarr(
-            path, mode="w-", zarr_format=3, consolidated=False)
-        root = zarr.open_group(path, mode="r+", zarr_format=3)
+            tmp, mode="w-", zarr_format=3, consolidated=False)
+        root = zarr.open_group(tmp, mode="r+", zarr_format=3)
         root.create_array("mining_probability", shape=(h, w), dtype="float32", chunks=(chunk, chunk),
                           shards=(shard, shard), fill_value=np.nan, compressors=ZstdCodec(level=3),
                           dimension_names=("y", "x"),
                           attributes={**pred.attrs, "coordinates": "spatial_ref"})
         root.attrs["miningxr_predictions"] = {"shard": shard, "chunk": chunk}
+
+    if not (path / "zarr.json").exists():
+        create_atomically(path, build)  # False: a concurrent writer made it first; use theirs
     meta = zarr.open_group(path, mode="r").attrs["miningxr_predictions"]
     shard = meta["shard"]
     ids = gslice.shard_ids(shard)

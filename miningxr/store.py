@@ -28,6 +28,7 @@ import json
 import os
 import socket
 import sqlite3
+import shutil
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -74,6 +75,34 @@ def create_store(path: str | os.PathLike, layout: StoreLayout | None = None) -> 
     if path.exists() and any(path.iterdir()):
         raise StoreError(f"{path} exists and is not a miningxr store; choose an empty or new path")
     layout = layout or StoreLayout()
+    if create_atomically(path, lambda tmp: _build_store(tmp, layout)):
+        return layout
+    return create_store(path, layout)  # another process created it first: validate theirs
+
+
+def create_atomically(path: Path, build) -> bool:
+    """Build a new store in a temporary folder beside ``path`` and rename it into place.
+
+    A crash while building leaves only the temporary folder, never a half-made store; of two
+    processes creating the same store at once, one rename wins and the other returns False
+    (and should use the winner's store).
+    """
+    tmp = path.parent / f".{path.name}.creating-{os.getpid()}-{time.monotonic_ns()}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        build(tmp)
+        try:
+            os.rename(tmp, path)  # atomic; fails if another process put a store there first
+        except OSError:
+            if (path / "zarr.json").exists():
+                return False
+            raise
+        return True
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _build_store(path: Path, layout: StoreLayout) -> None:
     h, w = GLOBAL_SHAPE
     coords = GridSlice(0, h, 0, w).coords()
     spatial_ref = coords["spatial_ref"].copy()
@@ -112,7 +141,6 @@ def create_store(path: str | os.PathLike, layout: StoreLayout | None = None) -> 
     root.attrs["miningxr"] = {"layout_version": LAYOUT_VERSION, "layout": asdict(layout),
                               "crs": "EPSG:6933", "resolution": 30}
     Catalog(path).close()
-    return layout
 
 
 def store_layout(path: str | os.PathLike) -> StoreLayout:

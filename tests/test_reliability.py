@@ -1,0 +1,194 @@
+"""Kill safety and concurrency: real processes killed with SIGKILL, real concurrent ingests.
+
+Every test checks two things: after each kill no shard holds anything but its final bytes or
+the fill value (nothing half-written reads as data), and after the re-run the store equals an
+uninterrupted one with a consistent catalog.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+
+from miningxr.config import FILL_VALUE, StoreLayout
+from miningxr.grid import GridSlice
+from miningxr.sources.synthetic import open_synthetic
+from miningxr.store import Catalog
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+
+LAYOUT = StoreLayout(chunk=256, shard=512)
+YEARS = (2019, 2020)
+RUN = [sys.executable, "-c", "import sys; from miningxr.cli import main; sys.exit(main(sys.argv[1:]))"]
+
+
+@pytest.fixture(scope="module")
+def region(shard_slice) -> GridSlice:
+    """4 x 4 shards of 512 px: 32 shard-years, each a small write."""
+    r0 = shard_slice.row0 // 512 * 512
+    c0 = shard_slice.col0 // 512 * 512
+    return GridSlice(r0, r0 + 2048, c0, c0 + 2048)
+
+
+@pytest.fixture(scope="module")
+def reference(region) -> np.ndarray:
+    return open_synthetic(region, list(YEARS), decode=False, chunks=512).landsat.values
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "small.toml"
+    path.write_text(f"[store]\nchunk = {LAYOUT.chunk}\nshard = {LAYOUT.shard}\n")
+    return path
+
+
+def _bbox_args(region: GridSlice) -> list[str]:
+    # a lon/lat box strictly inside the slice: its covering shards are exactly the slice's
+    bb = region.geobox.geographic_extent.boundingbox
+    dx, dy = (bb.right - bb.left) * 0.02, (bb.top - bb.bottom) * 0.02
+    return ["--bbox", *(f"{v:.6f}" for v in (bb.left + dx, bb.bottom + dy, bb.right - dx, bb.top - dy))]
+
+
+def _ingest_cmd(store, region, config_file) -> list[str]:
+    return [*RUN, "ingest", "--store", str(store), *_bbox_args(region), "--year", *map(str, YEARS),
+            "--config", str(config_file), "-q"]
+
+
+def _done(store, variable="landsat") -> int:
+    try:
+        with Catalog(store) as cat:
+            df = cat.shards()
+    except Exception:  # the store or catalog may not exist yet
+        return 0
+    return int(((df.variable == variable) & (df.state == "done")).sum()) if len(df) else 0
+
+
+def _kill_after(cmd, store, min_done: int, jitter: float, variable="landsat", timeout=120) -> bool:
+    """Start ``cmd``, SIGKILL it once ``min_done`` shards are done plus ``jitter`` s; True if killed."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.monotonic()
+    try:
+        while proc.poll() is None and _done(store, variable) < min_done:
+            if time.monotonic() - t0 > timeout:
+                raise TimeoutError(cmd)
+            time.sleep(0.02)
+        time.sleep(jitter)
+        if proc.poll() is not None:
+            return False
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return True
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _assert_each_shard_final_or_empty(store, region, reference):
+    arr = zarr.open_group(store, mode="r")["landsat"]
+    for k, year in enumerate(YEARS):
+        yi = year - LAYOUT.first_year
+        for r in range(region.row0, region.row1, LAYOUT.shard):
+            for c in range(region.col0, region.col1, LAYOUT.shard):
+                got = arr[yi, :, r:r + LAYOUT.shard, c:c + LAYOUT.shard]
+                want = reference[k, :, r - region.row0:r - region.row0 + LAYOUT.shard,
+                                 c - region.col0:c - region.col0 + LAYOUT.shard]
+                assert (got == want).all() or (got == FILL_VALUE).all(), f"shard {(year, r, c)} is half-written"
+
+
+def _assert_complete(store, region, reference, n_shards):
+    with Catalog(store) as cat:
+        df = cat.shards()
+    assert (df.state == "done").sum() == n_shards and set(df.state) == {"done"}
+    assert not list(store.rglob("*.partial*"))
+    got = zarr.open_group(store, mode="r")["landsat"][
+        YEARS[0] - LAYOUT.first_year:YEARS[-1] - LAYOUT.first_year + 1, :, region.row0:region.row1,
+        region.col0:region.col1]
+    np.testing.assert_array_equal(got, reference)
+
+
+def test_ingest_killed_repeatedly_resumes_to_the_uninterrupted_store(tmp_path, region, reference, config_file):
+    store = tmp_path / "s.zarr"
+    cmd = _ingest_cmd(store, region, config_file)
+    rng = np.random.default_rng(1)
+    kills = 0
+    for target in sorted(rng.choice(np.arange(1, 30), 4, replace=False)):
+        kills += _kill_after(cmd, store, int(target), float(rng.uniform(0, 0.2)))
+        _assert_each_shard_final_or_empty(store, region, reference)
+    assert kills >= 3
+    assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
+    _assert_complete(store, region, reference, 2 * 16)
+
+
+def test_two_overlapping_ingests_at_once_write_each_shard_once(tmp_path, region, reference, config_file):
+    store = tmp_path / "s.zarr"
+    west = GridSlice(region.row0, region.row1, region.col0, region.col0 + 1536)
+    east = GridSlice(region.row0, region.row1, region.col0 + 512, region.col1)
+    procs = [subprocess.Popen(_ingest_cmd(store, part, config_file), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE) for part in (west, east)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()[-2000:]
+    with Catalog(store) as cat:
+        df = cat.shards()
+    # the 2 x 8 shard-years both regions cover were claimed by one ingest and left to it by the other
+    assert (df.attempts == 1).all(), df[df.attempts != 1]
+    _assert_complete(store, region, reference, 2 * 16)
+
+
+def test_a_worker_killed_mid_ingest_loses_nothing(tmp_path, region, reference):
+    import threading
+
+    import distributed
+
+    from miningxr import ingest
+
+    store = tmp_path / "s.zarr"
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0", host="127.0.0.1") as cluster, \
+            distributed.Client(cluster) as client:
+        result = {}
+        t = threading.Thread(target=lambda: result.update(
+            report=ingest(store, region, list(YEARS), layout=LAYOUT, scheduler=cluster.scheduler_address,
+                          progress=False)))
+        t.start()
+        t0 = time.monotonic()
+        while _done(store) < 4 and time.monotonic() - t0 < 120:
+            time.sleep(0.02)
+        pids = list(client.run(os.getpid).values())
+        os.kill(pids[0], signal.SIGKILL)  # the nanny restarts it; its tasks are recomputed
+        t.join(timeout=300)
+    report = result["report"]
+    assert report.ok, report.failed
+    _assert_complete(store, region, reference, 2 * 16)
+
+
+@pytest.mark.slow  # ~45 s: three TensorFlow start-ups
+def test_prediction_write_killed_resumes_to_the_uninterrupted_one(tmp_path, region, config_file, tiny_model):
+    from miningxr import ingest
+
+    store = tmp_path / "s.zarr"
+    ingest(store, region, 2020, layout=LAYOUT, progress=False)
+    ref_out, out = tmp_path / "ref.zarr", tmp_path / "pred.zarr"
+    base = [*RUN, "predict", "--store", str(store), "--model", str(tiny_model), *_bbox_args(region),
+            "--year", "2020", "--overlap", "0", "-q"]
+    assert subprocess.run([*base, "--out", str(ref_out)], capture_output=True, timeout=300).returncode == 0
+    want = zarr.open_group(ref_out, mode="r")["mining_probability"][region.row0:region.row1, region.col0:region.col1]
+    assert np.isfinite(want).all()
+    rng = np.random.default_rng(2)
+    for _ in range(2):
+        _kill_after([*base, "--out", str(out)], out, 0, float(rng.uniform(2.0, 6.0)),
+                    variable="mining_probability")
+        if (out / "zarr.json").exists():
+            got = zarr.open_group(out, mode="r")["mining_probability"][region.row0:region.row1, region.col0:region.col1]
+            assert np.isnan(got).all() or np.array_equal(got, want), "half-written prediction"
+    assert subprocess.run([*base, "--out", str(out)], capture_output=True, timeout=300).returncode == 0
+    got = zarr.open_group(out, mode="r")["mining_probability"][region.row0:region.row1, region.col0:region.col1]
+    np.testing.assert_array_equal(got, want)
+    assert not list(out.rglob("*.partial*"))

@@ -76,7 +76,9 @@ def evaluate(store: str | os.PathLike, predictions: Any, *, split: str = "test",
     if isinstance(predictions, (str, os.PathLike)):
         pred = open_predictions(predictions, ds)
     else:
-        pred = predictions
+        # only the pixel grid matters here: a scalar `year` left by predict must not clash with
+        # the store's year axis
+        pred = predictions.reset_coords(drop=True)
         ds = ds.sel(x=pred.x, y=pred.y)
     gslice = GridSlice.of_coords(pred)
     chunks = pred.data.chunks if pred.chunks else ((gslice.shape[0],), (gslice.shape[1],))

@@ -48,6 +48,7 @@ def bench_ingest(work: Path, region):
 
     import miningxr
     from miningxr.sources.synthetic import open_synthetic
+    from miningxr.store import imagery_codec
 
     store = work / "ingest.zarr"
 
@@ -58,7 +59,7 @@ def bench_ingest(work: Path, region):
     def raw():
         arr = open_synthetic(region, 2020, decode=False, chunks=2048).landsat.data
         z = zarr.create_array(work / "raw.zarr", shape=arr.shape, chunks=(1, 7, 512, 512), shards=(1, 7, 2048, 2048),
-                              dtype="int16", overwrite=True)
+                              dtype="int16", compressors=imagery_codec(), overwrite=True)
         arr.store(z, lock=False)
 
     t_ours, t_raw = _best(ours, 2), _best(raw, 2)
@@ -159,9 +160,22 @@ def bench_predict(store: Path, model_path: Path):
             _result("predict overlap=16 vs overlap=0 (cost of overlap)", n / t16, n / t0, "tiles/s", 0.4)]
 
 
+def bench_demo(work: Path, budget_s: float = 180.0):
+    """``miningxr demo`` end to end (ingest .. export, training included) against its 3-minute budget."""
+    from miningxr.cli import main as cli
+
+    out = work / "demo"
+    t0 = time.perf_counter()
+    assert cli(["demo", "--out", str(out), "-q"]) == 0
+    seconds = time.perf_counter() - t0
+    iou = json.loads((out / "report.json").read_text())["iou"]
+    return _result("demo wall time vs its 3-minute budget", seconds, budget_s, "s", 1.0,
+                   higher_is_better=False, note=f"test-split IoU {iou:.3f}; ratio = budget / ours")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", nargs="*", choices=["ingest", "masks", "loader", "predict"])
+    p.add_argument("--only", nargs="*", choices=["ingest", "masks", "loader", "predict", "demo"])
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     import distributed
@@ -171,7 +185,7 @@ def main(argv=None) -> int:
     from miningxr.grid import Region
     from miningxr.sources.synthetic import mine_polygons
 
-    only = set(args.only or ["ingest", "masks", "loader", "predict"])
+    only = set(args.only or ["ingest", "masks", "loader", "predict", "demo"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="miningxr-bench-"))
@@ -195,6 +209,8 @@ def main(argv=None) -> int:
             model_path = work / "m.keras"
             miningxr.build_unet(TrainConfig(base_filters=16), stats=index.attrs["stats"]).save(model_path)
             results += bench_predict(store, model_path)
+        if "demo" in only:
+            results.append(bench_demo(work))
     meta = {"cpus": os.cpu_count(), "python": sys.version.split()[0], "seconds": time.perf_counter() - t_all}
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     lines = ["| benchmark | ours | baseline | unit | ratio | target | ok |", "|---|---|---|---|---|---|---|"]

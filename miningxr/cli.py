@@ -301,6 +301,28 @@ COMMANDS = {"ingest": cmd_ingest, "status": cmd_status, "train": cmd_train, "pre
             "evaluate": cmd_evaluate, "export": cmd_export, "demo": cmd_demo}
 
 
+def reference() -> str:
+    """The CLI reference in Markdown, made from the parser itself (``docs/cli.md``)."""
+    import os
+
+    parser = build_parser()
+    old = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal: fix it for a stable page
+    try:
+        parts = ["# Command-line reference", "",
+                 "Generated from `miningxr --help` by `python -m miningxr.cli --reference`; "
+                 "a test keeps it current.", "", "```text", build_parser().format_help().rstrip(), "```"]
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        for name, p in sub.choices.items():
+            parts += ["", f"## miningxr {name}", "", "```text", p.format_help().rstrip(), "```"]
+    finally:
+        if old is None:
+            os.environ.pop("COLUMNS")
+        else:
+            os.environ["COLUMNS"] = old
+    return "\n".join(parts) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logfile = Path(args.out) / "miningxr.log" if args.command == "demo" else None
@@ -324,4 +346,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--reference"]:
+        print(reference(), end="")
+        sys.exit(0)
     sys.exit(main())

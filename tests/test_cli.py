@@ -54,3 +54,12 @@ def test_ingest_by_country_without_its_polygons_is_a_clear_error(tmp_path, capsy
     assert main(["ingest", "--store", str(tmp_path / "s.zarr"), "--country", "BWA", "--polygons",
                  str(polygons_path), "--year", "2020", "-q"]) == 2
     assert "BWA" in capsys.readouterr().err
+
+
+def test_the_cli_reference_in_docs_is_current():
+    from pathlib import Path
+
+    from miningxr.cli import reference
+
+    page = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+    assert page.read_text() == reference(), "run: python -m miningxr.cli --reference > docs/cli.md"

@@ -47,17 +47,32 @@ def focal_loss(y_true, y_pred, alpha: float = 0.25, gamma: float = 2.0):
     return -ops.mean(at * (1 - pt) ** gamma * ops.log(pt))
 
 
-def get_loss(name: str, pos_weight: float = 10.0):
+@keras.saving.register_keras_serializable(package="miningxr")
+class SegmentationLoss(keras.losses.Loss):
+    """A named, serializable loss: saved models hold no lambda, and load in safe mode."""
+
+    def __init__(self, kind: str = "combined", pos_weight: float = 10.0, name: str | None = None, **kwargs):
+        if kind not in ("bce", "dice", "focal", "combined"):
+            raise ValueError(f"unknown loss {kind!r}; choose bce, dice, focal or combined")
+        super().__init__(name=name or f"{kind}_loss", **kwargs)
+        self.kind, self.pos_weight = kind, float(pos_weight)
+
+    def call(self, y_true, y_pred):
+        if self.kind == "bce":
+            return weighted_bce(y_true, y_pred, self.pos_weight)
+        if self.kind == "dice":
+            return dice_loss(y_true, y_pred)
+        if self.kind == "focal":
+            return focal_loss(y_true, y_pred)
+        return weighted_bce(y_true, y_pred, self.pos_weight) + dice_loss(y_true, y_pred)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "kind": self.kind, "pos_weight": self.pos_weight}
+
+
+def get_loss(name: str, pos_weight: float = 10.0) -> SegmentationLoss:
     """The loss called ``name``: ``bce``, ``dice``, ``focal`` or ``combined`` (weighted BCE + Dice)."""
-    if name == "bce":
-        return lambda yt, yp: weighted_bce(yt, yp, pos_weight)
-    if name == "dice":
-        return dice_loss
-    if name == "focal":
-        return focal_loss
-    if name == "combined":
-        return lambda yt, yp: weighted_bce(yt, yp, pos_weight) + dice_loss(yt, yp)
-    raise ValueError(f"unknown loss {name!r}; choose bce, dice, focal or combined")
+    return SegmentationLoss(name, pos_weight)
 
 
 class _Confusion(keras.metrics.Metric):

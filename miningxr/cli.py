@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", type=int, nargs=2, default=(1, 2), metavar=("ROWS", "COLS"),
                    help="how many 2048x2048 shards to process (default 1 2)")
     p.add_argument("--year", type=int, default=2020)
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--base-filters", type=int, default=16)
     p.add_argument("--overlap", type=int, default=16)
     _common(p)

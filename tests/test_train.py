@@ -30,3 +30,29 @@ def test_one_training_step_writes_model_and_logs(store, tmp_path):
 def test_bands_missing_from_the_store_are_refused(store, tmp_path):
     with pytest.raises(ValueError, match="not in the store's bands"):
         train(store, config=TrainConfig(bands=("blue", "ndvi")), out_dir=tmp_path)
+
+
+def test_mixed_precision_trains_in_float16_with_a_float32_output(store, tmp_path):
+    import keras
+    import numpy as np
+
+    cfg = TrainConfig(base_filters=4, depth=2, epochs=1, batch_size=16, mixed_precision=True)
+    result = train(store, config=cfg, out_dir=tmp_path, verbose=0, steps_per_epoch=2)
+    convs = [layer for layer in result.model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convs[0].compute_dtype == "float16"
+    assert result.model.get_layer("probability").compute_dtype == "float32"
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
+    assert np.isfinite(result.test_metrics["loss"])
+
+
+def test_training_runs_under_a_mirrored_strategy(store, tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    from miningxr.model import train as train_module
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])  # what several GPUs would get
+    monkeypatch.setattr(train_module, "_strategy", lambda: strategy)
+    cfg = TrainConfig(base_filters=4, depth=2, epochs=1, batch_size=16)
+    result = train(store, config=cfg, out_dir=tmp_path, verbose=0, steps_per_epoch=2)
+    assert result.model_path.exists()
+    assert result.model.distribute_strategy is strategy

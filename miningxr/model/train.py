@@ -121,7 +121,7 @@ def train(store: str | os.PathLike, *, index: Any = None, config: TrainConfig | 
         model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
                       loss=get_loss(cfg.loss, cfg.pos_weight), metrics=metrics())
         hist = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks,
-                         verbose=verbose, steps_per_epoch=steps_per_epoch)
+                         verbose=verbose, steps_per_epoch=steps_per_epoch, shuffle=False)  # the loader shuffles
     if not best.exists():  # no epoch improved on nothing (e.g. NaN val_iou): keep the last
         model.save(best)
     test_ds = training_dataset(store, index, "test", config=cfg, client=client)

@@ -59,3 +59,16 @@ def test_saved_model_carries_bands_tile_size_and_statistics(tmp_path):
 def test_tile_size_must_suit_the_depth():
     with pytest.raises(ValueError, match="divisible"):
         build_unet(TrainConfig(tile_size=60, depth=4))
+
+
+def test_a_model_file_with_embedded_code_is_refused(tmp_path):
+    import keras
+
+    from miningxr.model.unet import load_model
+
+    inp = keras.Input((8, 8, 7))
+    out = keras.layers.Lambda(lambda x: x * 2)(inp)  # arbitrary Python, run on load without safe mode
+    path = tmp_path / "evil.keras"
+    keras.Model(inp, out).save(path)
+    with pytest.raises(ValueError, match="safe_mode"):
+        load_model(path)

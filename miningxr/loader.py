@@ -76,25 +76,48 @@ class ChunkReader:
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k != "_arrays"} | {"_arrays": None}
 
-    def __call__(self, row0: int, col0: int, selected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Tiles of the chunk at global pixel (row0, col0) whose flag in ``selected`` is set."""
+    def read(self, row0: int, col0: int) -> tuple[np.ndarray, np.ndarray]:
+        """The packed bands ``(band, h, w)`` and mask ``(h, w)`` of the read unit at (row0, col0)."""
         landsat, mining = self._open()
-        t, c = self.tile, self.chunk
-        r1, c1 = min(row0 + c, landsat.shape[2]), min(col0 + c, landsat.shape[3])
+        r1, c1 = min(row0 + self.chunk, landsat.shape[2]), min(col0 + self.chunk, landsat.shape[3])
         img = landsat[self.year_index, :, row0:r1, col0:c1]
         img = img[self.band_index] if len(self.band_index) != img.shape[0] else img
-        lab = mining[row0:r1, col0:c1]
-        nr, nc = (r1 - row0) // t, (c1 - col0) // t
-        img = img[:, : nr * t, : nc * t]
-        lab = lab[: nr * t, : nc * t]
-        # (band, nr*t, nc*t) -> (nr*nc, band, t, t): rows of t pixels stay contiguous, so the copy
-        # is ~20x cheaper than going band-last here; the TF tail transposes whole batches
-        tiles = img.reshape(len(self.band_index), nr, t, nc, t).transpose(1, 3, 0, 2, 4).reshape(nr * nc, -1, t, t)
-        masks = lab.reshape(nr, t, nc, t).transpose(0, 2, 1, 3).reshape(nr * nc, 1, t, t)
-        pick = np.flatnonzero(np.asarray(selected).reshape(-1)[: nr * nc])
-        # packed int16 and uint8 travel through the shuffle buffer (half and a quarter of the
-        # bytes of float32); the tail normalizes whole batches in one fused TF op
-        return tiles[pick], (masks[pick] > 0).astype(np.uint8)
+        return img, mining[row0:r1, col0:c1]
+
+    def __call__(self, row0: int, col0: int, selected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Tiles of the read unit at global pixel (row0, col0) whose flag in ``selected`` is set."""
+        img, lab = self.read(row0, col0)
+        return cut_tiles(img, lab, selected, self.tile)
+
+
+def cut_tiles(img: np.ndarray, lab: np.ndarray, selected: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """Selected ``t``-pixel tiles of a read unit, band-first: ``(n, band, t, t)`` and ``(n, 1, t, t)``."""
+    per = int(np.sqrt(np.asarray(selected).size))
+    nr, nc = img.shape[1] // t, img.shape[2] // t
+    img, lab = img[:, : nr * t, : nc * t], lab[: nr * t, : nc * t]
+    # (band, nr*t, nc*t) -> (nr*nc, band, t, t): rows of t pixels stay contiguous, so the copy
+    # is ~20x cheaper than going band-last here; the TF tail transposes whole batches
+    tiles = img.reshape(img.shape[0], nr, t, nc, t).transpose(1, 3, 0, 2, 4).reshape(nr * nc, -1, t, t)
+    masks = lab.reshape(nr, t, nc, t).transpose(0, 2, 1, 3).reshape(nr * nc, 1, t, t)
+    # flags are laid out per*per for a full unit; a unit cut short by the grid edge has fewer tiles
+    pick = np.flatnonzero(np.asarray(selected).reshape(per, per)[:nr, :nc].reshape(-1))
+    # packed int16 and uint8 travel through the shuffle buffer (half and a quarter of the
+    # bytes of float32); the tail normalizes whole batches in one fused TF op
+    return tiles[pick], (masks[pick] > 0).astype(np.uint8)
+
+
+def _cut_tiles_tf(img, lab, selected, t: int):
+    """:func:`cut_tiles` in TensorFlow: the copy runs in C++ threads, not under the GIL."""
+    import tensorflow as tf
+
+    per = int(selected.shape[0] ** 0.5)
+    nb = tf.shape(img)[0]
+    nr, nc = tf.shape(img)[1] // t, tf.shape(img)[2] // t
+    img, lab = img[:, : nr * t, : nc * t], lab[: nr * t, : nc * t]
+    tiles = tf.reshape(tf.transpose(tf.reshape(img, [nb, nr, t, nc, t]), [1, 3, 0, 2, 4]), [nr * nc, nb, t, t])
+    masks = tf.reshape(tf.transpose(tf.reshape(lab, [nr, t, nc, t]), [0, 2, 1, 3]), [nr * nc, 1, t, t])
+    pick = tf.where(tf.reshape(tf.reshape(selected, [per, per])[:nr, :nc], [-1]))[:, 0]
+    return tf.gather(tiles, pick), tf.cast(tf.gather(masks, pick) > 0, tf.uint8)
 
 
 def _chunk_table(tiles, chunk: int, tile: int) -> tuple[np.ndarray, np.ndarray]:
@@ -176,8 +199,11 @@ def training_dataset(store: str | os.PathLike, index: Any = None, split: str = "
             order = order.repeat()
 
         def read(o, f):
-            x, y = tf.numpy_function(lambda o_, f_: reader(int(o_[0]), int(o_[1]), f_), [o, f],
-                                     [tf.int16, tf.uint8], stateful=False)
+            # only the Zarr read runs in Python; cutting and selecting tiles runs in TF
+            img, lab = tf.numpy_function(lambda o_: reader.read(int(o_[0]), int(o_[1])), [o],
+                                         [tf.int16, tf.uint8], stateful=False)
+            img = tf.ensure_shape(img, (nb, None, None))
+            x, y = _cut_tiles_tf(img, tf.ensure_shape(lab, (None, None)), f, t)
             return tf.ensure_shape(x, spec[0].shape), tf.ensure_shape(y, spec[1].shape)
 
         chunks = order.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)

@@ -66,3 +66,21 @@ def test_augmentation_moves_masks_with_their_tiles():
         np.testing.assert_array_equal(x.numpy()[..., 0] > 0.15, m.numpy()[..., 0] > 0.5)
         seen.add(x.numpy()[0, :, :, 0].tobytes())
     assert len(seen) > 2  # several of the 8 flips/rotations were drawn
+
+
+def test_a_read_unit_cut_short_by_the_grid_edge_keeps_the_right_tiles():
+    import tensorflow as tf
+
+    from miningxr.loader import _cut_tiles_tf, cut_tiles
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 1000, (3, 128, 96)).astype(np.int16)  # a 2x2-tile unit cut to 2x1.5
+    lab = rng.integers(0, 2, (128, 96)).astype(np.uint8)
+    selected = np.array([True, False, True, True])  # per-unit flags, row-major over 2x2 tiles
+    x, y = cut_tiles(img, lab, selected, 64)
+    np.testing.assert_array_equal(x[0], img[:, :64, :64])  # tile (0, 0)
+    np.testing.assert_array_equal(x[1], img[:, 64:, :64])  # tile (1, 0); (0, 1) and (1, 1) are cut off
+    assert len(x) == 2 and y.shape == (2, 1, 64, 64)
+    xt, yt = _cut_tiles_tf(tf.constant(img), tf.constant(lab), tf.constant(selected), 64)
+    np.testing.assert_array_equal(xt.numpy(), x)
+    np.testing.assert_array_equal(yt.numpy(), y)

@@ -82,6 +82,11 @@ class GridSlice:
         """``x``, ``y`` (pixel centres) and ``spatial_ref`` coordinates of this slice."""
         return xr_coords(self.geobox, crs_coord_name="spatial_ref")
 
+    def block_chunks(self, step: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Dask chunk sizes along y and x for blocks that start on multiples of ``step``."""
+        return (tuple(np.diff(block_edges(self.row0, self.row1, step)).tolist()),
+                tuple(np.diff(block_edges(self.col0, self.col1, step)).tolist()))
+
     def shard_ids(self, shard: int) -> list[tuple[int, int]]:
         """The (shard_row, shard_col) ids of every shard this slice touches."""
         return [

@@ -103,7 +103,7 @@ def ingest(store: str | Path, region: Any, years: int | Sequence[int], *, source
     # the source's chunks may be request-sized (gee) or scene-sized (stac): one chunk per shard
     row_edges = block_edges(cover.row0, cover.row1, layout.shard)
     col_edges = block_edges(cover.col0, cover.col1, layout.shard)
-    dn = dn.rechunk((1, dn.shape[1], tuple(np.diff(row_edges)), tuple(np.diff(col_edges))))
+    dn = dn.rechunk((1, dn.shape[1], *cover.block_chunks(layout.shard)))
     blocks = dn.to_delayed()
 
     removed = remove_partials(store)

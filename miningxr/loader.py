@@ -1,10 +1,11 @@
 """A ``tf.data`` pipeline of (tile, mask) pairs read chunk by chunk from the store.
 
 Reading one 64x64 tile at a time would cost one Zarr decode of a 512x512 chunk per tile. The
-loader instead reads whole chunks (64 tiles of 64x64 at the default sizes) in parallel, cuts them
-into the tiles of the split, shuffles across chunks with a buffer, normalizes with the tile
-index's statistics, augments, batches and prefetches. With ``client=`` the chunk reads run on a
-Dask cluster instead, a few chunks ahead of the model.
+loader instead reads units of 2x2 chunks (256 tiles of 64x64 at the default sizes) in parallel,
+cuts them into the tiles of the split, keeps them packed (int16, band-first) through a shuffle
+buffer that mixes units, then per batch transposes, normalizes with the tile index's statistics
+and augments in one TF step, and prefetches. With ``client=`` the reads and cuts run on a Dask
+cluster instead, a few units ahead of the model.
 
 Example
 -------
@@ -51,16 +52,19 @@ def normalize(dn: np.ndarray, mean: Sequence[float], std: Sequence[float], band_
 
 
 class ChunkReader:
-    """Reads the packed tiles of one chunk from the store: a picklable callable for Dask workers too."""
+    """Reads square units of whole chunks from the store: a picklable callable for Dask workers too.
 
-    def __init__(self, store: str, year: int, bands: Sequence[str], tile: int, chunk: int):
+    ``unit`` is the side of one read in pixels, a multiple of the store's chunk.
+    """
+
+    def __init__(self, store: str, year: int, bands: Sequence[str], tile: int, unit: int):
         from .store import store_layout
 
         layout = store_layout(store)
         unknown = [b for b in bands if b not in BANDS]
         if unknown:
             raise LoaderError(f"band(s) {unknown} are not in the store's bands {list(BANDS)}")
-        self.store, self.tile, self.chunk = str(store), tile, chunk
+        self.store, self.tile, self.unit = str(store), tile, unit
         self.year_index = year - layout.first_year
         self.band_index = [BANDS.index(b) for b in bands]
         self._arrays = None
@@ -79,7 +83,7 @@ class ChunkReader:
     def read(self, row0: int, col0: int) -> tuple[np.ndarray, np.ndarray]:
         """The packed bands ``(band, h, w)`` and mask ``(h, w)`` of the read unit at (row0, col0)."""
         landsat, mining = self._open()
-        r1, c1 = min(row0 + self.chunk, landsat.shape[2]), min(col0 + self.chunk, landsat.shape[3])
+        r1, c1 = min(row0 + self.unit, landsat.shape[2]), min(col0 + self.unit, landsat.shape[3])
         img = landsat[self.year_index, :, row0:r1, col0:c1]
         img = img[self.band_index] if len(self.band_index) != img.shape[0] else img
         return img, mining[row0:r1, col0:c1]
@@ -293,7 +297,6 @@ def _finish(tiles, cfg: TrainConfig, mean, std, batch_size: int, shuffle: bool, 
     if shuffle:
         tiles = tiles.shuffle(min(cfg.shuffle_buffer, max(n_tiles, 1)), seed=cfg.seed, reshuffle_each_iteration=True)
     batches = tiles.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE)
-
     batches = batches.map(lambda dn, y: prepare_batch(dn, y, mean, std, augment=augment),
                           num_parallel_calls=tf.data.AUTOTUNE)
     opts = tf.data.Options()

@@ -228,22 +228,18 @@ def write_predictions(pred: xr.DataArray, path: str | os.PathLike, *, progress: 
 
     from .grid import GLOBAL_SHAPE, GridSlice, block_edges
     from .ingest import IngestReport, run_yearless_shards
-    from .store import create_atomically, write_block
+    from .store import create_atomically, global_template, write_block
 
     t0 = time.perf_counter()
     path = Path(path)
     gslice = GridSlice.of_coords(pred)
     chunk = int(max(pred.chunks[0])) if pred.chunks else 512
     shard = 2048 if 2048 % chunk == 0 else chunk
+
     def build(tmp: Path) -> None:
-        h, w = GLOBAL_SHAPE
-        coords = GridSlice(0, h, 0, w).coords()
-        ref = coords["spatial_ref"].copy()
-        ref.attrs.pop("GeoTransform", None)
-        xr.Dataset(coords={"x": coords["x"], "y": coords["y"], "spatial_ref": ref}).to_zarr(
-            tmp, mode="w-", zarr_format=3, consolidated=False)
+        global_template().to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False)
         root = zarr.open_group(tmp, mode="r+", zarr_format=3)
-        root.create_array("mining_probability", shape=(h, w), dtype="float32", chunks=(chunk, chunk),
+        root.create_array("mining_probability", shape=GLOBAL_SHAPE, dtype="float32", chunks=(chunk, chunk),
                           shards=(shard, shard), fill_value=np.nan, compressors=ZstdCodec(level=3),
                           dimension_names=("y", "x"),
                           attributes={**pred.attrs, "coordinates": "spatial_ref"})
@@ -257,7 +253,7 @@ def write_predictions(pred: xr.DataArray, path: str | os.PathLike, *, progress: 
     # one task per shard: the prediction rechunked so each block is the part of one shard
     redges = block_edges(gslice.row0, gslice.row1, shard)
     cedges = block_edges(gslice.col0, gslice.col1, shard)
-    data = pred.data.rechunk((tuple(np.diff(redges)), tuple(np.diff(cedges))))
+    data = pred.data.rechunk(gslice.block_chunks(shard))
     blocks = data.to_delayed()
     report = IngestReport(store=str(path), planned=len(ids))
 

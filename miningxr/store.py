@@ -27,8 +27,8 @@ import functools
 import json
 import os
 import socket
-import sqlite3
 import shutil
+import sqlite3
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -109,17 +109,21 @@ def create_atomically(path: Path, build) -> bool:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _build_store(path: Path, layout: StoreLayout) -> None:
+def global_template(**coords: Any) -> xr.Dataset:
+    """The coordinates every global store starts with: ``x``, ``y`` and ``spatial_ref`` of the
+    whole grid, plus ``coords``. Written by both the imagery store and prediction stores."""
     h, w = GLOBAL_SHAPE
-    coords = GridSlice(0, h, 0, w).coords()
-    spatial_ref = coords["spatial_ref"].copy()
+    grid = GridSlice(0, h, 0, w).coords()
+    spatial_ref = grid["spatial_ref"].copy()
     # the global GeoTransform would be wrong for every slice read later: keep only the CRS
     spatial_ref.attrs.pop("GeoTransform", None)
-    template = xr.Dataset(coords={
-        "x": coords["x"], "y": coords["y"], "spatial_ref": spatial_ref,
-        "year": ("year", np.asarray(layout.years, dtype=np.int32)),
-        "band": ("band", np.asarray(BANDS, dtype="<U7")),
-    })
+    return xr.Dataset(coords={"x": grid["x"], "y": grid["y"], "spatial_ref": spatial_ref, **coords})
+
+
+def _build_store(path: Path, layout: StoreLayout) -> None:
+    h, w = GLOBAL_SHAPE
+    template = global_template(year=("year", np.asarray(layout.years, dtype=np.int32)),
+                               band=("band", np.asarray(BANDS, dtype="<U7")))
     with warnings.catch_warnings():
         # fixed-width unicode has no finalised Zarr v3 spec yet; xarray and zarr-python read it
         warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")

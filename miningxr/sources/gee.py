@@ -30,7 +30,7 @@ import pandas as pd
 import xarray as xr
 
 from ..config import BANDS
-from ..grid import GridSlice, as_region, block_edges
+from ..grid import GridSlice, as_region
 from ._common import SourceError, check_years, encode_dn, landsat_dataset
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,8 @@ def _short(exc: BaseException) -> str:
 
 def _looks_offline(exc: BaseException) -> bool:
     while exc is not None:
-        if isinstance(exc, (ConnectionError, TimeoutError, OSError)) and not isinstance(exc, FileNotFoundError):
+        # ConnectionError and TimeoutError are OSErrors; a missing file is not being offline
+        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
             return True
         name = type(exc).__name__.lower()
         if "transport" in name or "servernotfound" in name or "connection" in name:
@@ -269,8 +270,7 @@ def open_gee(region: Any, years: int | Sequence[int], *, chunks: int = 512, deco
 
     raw = raw.isel(time=[have[y] for y in yrs])
     # dask blocks start on multiples of `chunks` on the global grid, as every source's do
-    rows = tuple(np.diff(block_edges(gslice.row0, gslice.row1, chunks)))
-    cols = tuple(np.diff(block_edges(gslice.col0, gslice.col1, chunks)))
+    rows, cols = gslice.block_chunks(chunks)
     raw = raw.chunk({"time": 1, "y": rows, "x": cols})
     cube = xr.concat([ee_units_to_ours(raw[b], b) for b in BANDS], dim="band")
     dn = cube.transpose("time", "band", "y", "x").data.map_blocks(encode_dn, dtype=np.int16)

@@ -20,7 +20,7 @@ import pandas as pd
 import xarray as xr
 
 from ..config import BANDS
-from ..grid import RESOLUTION, GridSlice, as_region, block_edges
+from ..grid import RESOLUTION, GridSlice, as_region
 from ._common import SourceError, check_years, encode_dn, landsat_dataset
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,11 @@ def clear_median(values: xr.DataArray, dim: str = "time") -> xr.DataArray:
                           output_dtypes=[values.dtype])
 
 
+def acquired(item) -> pd.Timestamp:
+    """When a scene was taken: its ``datetime``, or the start of its range when it has none."""
+    return pd.Timestamp(item.datetime or item.properties.get("start_datetime"))
+
+
 def search_items(catalog: str | Path, bbox_lonlat: Sequence[float], years: Sequence[int], *,
                  collection: str = COLLECTION, query: Mapping | None = None) -> list:
     """STAC items intersecting a lon/lat bbox in the given years, from an API or a static catalog."""
@@ -99,7 +104,7 @@ def search_items(catalog: str | Path, bbox_lonlat: Sequence[float], years: Seque
     x0, y0, x1, y1 = bbox_lonlat
     items = []
     for item in candidates:
-        when = pd.Timestamp(item.datetime or item.properties.get("start_datetime"))
+        when = acquired(item)
         ib = item.bbox
         if (lo <= when <= hi and ib is not None and ib[0] <= x1 and ib[2] >= x0 and ib[1] <= y1
                 and ib[3] >= y0):
@@ -151,7 +156,7 @@ def open_stac(region: Any, years: int | Sequence[int], *, catalog: str | Path | 
                              collection=collection, query=query)
     by_year: dict[int, list] = {}
     for item in items:
-        by_year.setdefault(pd.Timestamp(item.datetime).year, []).append(item)
+        by_year.setdefault(acquired(item).year, []).append(item)
     absent = [y for y in yrs if not by_year.get(y)]
     if absent:
         raise SourceError(f"no STAC scene over {gslice} in year(s) {absent} "
@@ -163,10 +168,8 @@ def open_stac(region: Any, years: int | Sequence[int], *, catalog: str | Path | 
                           f"asset keys with assets= (found {sorted(items[0].assets)})")
 
     gb = gslice.geobox
-    x0, y1 = gb.affine.c, gb.affine.f
-    bounds = (x0, y1 - gb.shape.y * RESOLUTION, x0 + gb.shape.x * RESOLUTION, y1)
-    rows = tuple(np.diff(block_edges(gslice.row0, gslice.row1, chunks)))
-    cols = tuple(np.diff(block_edges(gslice.col0, gslice.col1, chunks)))
+    bounds = tuple(gb.boundingbox)  # left, bottom, right, top: on the 30 m lattice already
+    rows, cols = gslice.block_chunks(chunks)
     composites = []
     for year in yrs:
         # rescale=False: we apply the C2 L2 factors ourselves so every asset is treated alike;

@@ -92,3 +92,11 @@ def tiny_model(store):
     path = store.parent / "tiny.keras"
     model.save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def small_layout_config(tmp_path_factory):
+    """A config file with 256-px chunks in 512-px shards: same grid, many cheap shards."""
+    path = tmp_path_factory.mktemp("config") / "small.toml"
+    path.write_text("[store]\nchunk = 256\nshard = 512\n")
+    return path

@@ -27,17 +27,16 @@ def test_help_teaches_the_pipeline(capsys):
     assert "miningxr demo" in capsys.readouterr().out
 
 
-def test_ingest_by_country_takes_shards_around_its_mines_plus_mine_free_samples(tmp_path, client, polygons_path):
+def test_ingest_by_country_takes_shards_around_its_mines_plus_mine_free_samples(tmp_path, client, polygons_path,
+                                                                               small_layout_config):
     import geopandas as gpd
 
     from miningxr.grid import CRS_GRID, GridSlice, Region
     from miningxr.store import Catalog
 
-    cfg = tmp_path / "small.toml"
-    cfg.write_text("[store]\nchunk = 256\nshard = 512\n")
     store = tmp_path / "s.zarr"
     assert main(["ingest", "--store", str(store), "--country", "ZAF", "--polygons", str(polygons_path),
-                 "--year", "2020", "--buffer-km", "1", "--config", str(cfg), "-q"]) == 0
+                 "--year", "2020", "--buffer-km", "1", "--config", str(small_layout_config), "-q"]) == 0
     with Catalog(store) as cat:
         ids = {(r, c) for r, c in cat.shards()[["shard_row", "shard_col"]].itertuples(index=False)}
     mines = gpd.read_file(polygons_path).to_crs(CRS_GRID)

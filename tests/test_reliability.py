@@ -42,13 +42,6 @@ def reference(region) -> np.ndarray:
     return open_synthetic(region, list(YEARS), decode=False, chunks=512).landsat.values
 
 
-@pytest.fixture(scope="module")
-def config_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cfg") / "small.toml"
-    path.write_text(f"[store]\nchunk = {LAYOUT.chunk}\nshard = {LAYOUT.shard}\n")
-    return path
-
-
 def _bbox_args(region: GridSlice) -> list[str]:
     # a lon/lat box strictly inside the slice: its covering shards are exactly the slice's
     bb = region.geobox.geographic_extent.boundingbox
@@ -56,9 +49,9 @@ def _bbox_args(region: GridSlice) -> list[str]:
     return ["--bbox", *(f"{v:.6f}" for v in (bb.left + dx, bb.bottom + dy, bb.right - dx, bb.top - dy))]
 
 
-def _ingest_cmd(store, region, config_file) -> list[str]:
+def _ingest_cmd(store, region, config) -> list[str]:
     return [*RUN, "ingest", "--store", str(store), *_bbox_args(region), "--year", *map(str, YEARS),
-            "--config", str(config_file), "-q"]
+            "--config", str(config), "-q"]
 
 
 def _done(store, variable="landsat") -> int:
@@ -113,9 +106,9 @@ def _assert_complete(store, region, reference, n_shards):
     np.testing.assert_array_equal(got, reference)
 
 
-def test_ingest_killed_repeatedly_resumes_to_the_uninterrupted_store(tmp_path, region, reference, config_file):
+def test_ingest_killed_repeatedly_resumes_to_the_uninterrupted_store(tmp_path, region, reference, small_layout_config):
     store = tmp_path / "s.zarr"
-    cmd = _ingest_cmd(store, region, config_file)
+    cmd = _ingest_cmd(store, region, small_layout_config)
     rng = np.random.default_rng(1)
     kills = 0
     for target in sorted(rng.choice(np.arange(1, 30), 4, replace=False)):
@@ -126,11 +119,11 @@ def test_ingest_killed_repeatedly_resumes_to_the_uninterrupted_store(tmp_path, r
     _assert_complete(store, region, reference, 2 * 16)
 
 
-def test_two_overlapping_ingests_at_once_write_each_shard_once(tmp_path, region, reference, config_file):
+def test_two_overlapping_ingests_at_once_write_each_shard_once(tmp_path, region, reference, small_layout_config):
     store = tmp_path / "s.zarr"
     west = GridSlice(region.row0, region.row1, region.col0, region.col0 + 1536)
     east = GridSlice(region.row0, region.row1, region.col0 + 512, region.col1)
-    procs = [subprocess.Popen(_ingest_cmd(store, part, config_file), stdout=subprocess.DEVNULL,
+    procs = [subprocess.Popen(_ingest_cmd(store, part, small_layout_config), stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE) for part in (west, east)]
     for p in procs:
         _, err = p.communicate(timeout=300)
@@ -170,7 +163,7 @@ def test_a_worker_killed_mid_ingest_loses_nothing(tmp_path, region, reference):
 
 
 @pytest.mark.slow  # ~45 s: three TensorFlow start-ups
-def test_prediction_write_killed_resumes_to_the_uninterrupted_one(tmp_path, region, config_file, tiny_model):
+def test_prediction_write_killed_resumes_to_the_uninterrupted_one(tmp_path, region, tiny_model):
     from miningxr import ingest
 
     store = tmp_path / "s.zarr"

@@ -163,15 +163,13 @@ def test_gee_without_network_says_so_and_never_logs_the_key(no_credentials, shar
         assert secret not in text and "PRIVATE KEY" not in text and "abc123secretkeyid" not in text
 
 
-def test_cli_ingest_from_earth_engine_then_status(tmp_path, client, capsys):
+def test_cli_ingest_from_earth_engine_then_status(tmp_path, client, capsys, small_layout_config):
     from miningxr.cli import main
 
-    cfg = tmp_path / "small.toml"
-    cfg.write_text("[store]\nchunk = 256\nshard = 512\n")
     store = str(tmp_path / "s.zarr")
     with FakeEarthEngine():
         assert main(["ingest", "--store", store, "--bbox", "29.05", "-25.95", "29.051", "-25.949",
                      "--year", "2020", "--source", "gee", "--gee-project", "fake-project",
-                     "--config", str(cfg), "-q"]) == 0
+                     "--config", str(small_layout_config), "-q"]) == 0
     assert main(["status", "--store", store]) == 0
     assert "shard(s) done, 0 left" in capsys.readouterr().out

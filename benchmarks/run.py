@@ -35,9 +35,11 @@ def _best(fn, repeat=3):
 
 def _result(name, ours, base, unit, target, higher_is_better=True, note=""):
     ratio = ours / base if higher_is_better else base / ours
+    # target None: a figure for context, not a promise
     r = {"name": name, "ours": ours, "baseline": base, "unit": unit, "ratio": ratio, "target": target,
-         "meets_target": ratio >= target, "note": note}
-    print(f"{name}: ours {ours:.1f} {unit}, baseline {base:.1f} {unit}, ratio {ratio:.2f} (target >= {target})"
+         "meets_target": None if target is None else ratio >= target, "note": note}
+    goal = "no target" if target is None else f"target >= {target}"
+    print(f"{name}: ours {ours:.1f} {unit}, baseline {base:.1f} {unit}, ratio {ratio:.2f} ({goal})"
           + (f"  [{note}]" if note else ""), flush=True)
     return r
 
@@ -89,9 +91,16 @@ def bench_masks(store: Path, polygons: Path):
 
 
 def bench_loader(store: Path, epochs: int = 4):
-    """Loader tiles/s from Zarr vs the same pipeline from memory, and vs xbatcher on the same store.
+    """Loader tiles/s from Zarr vs the same pipeline from memory, vs plain tf.data, vs xbatcher.
 
-    Both tf.data pipelines run ``epochs`` passes (repeat + take) so the figure is the steady
+    * the same pipeline from in-memory numpy: ``training_dataset(..., in_memory=True)``, which
+      reads every chunk once up front and then runs the identical cut/shuffle/batch/normalize/
+      augment stages from RAM: the ratio is what streaming from Zarr costs;
+    * a plain ``tf.data`` pipeline a user would write over pre-cut tiles in memory
+      (from_tensor_slices, shuffle, batch, the same normalize/augment): informational;
+    * xbatcher's BatchGenerator on the same store, one tile per step.
+
+    The tf.data pipelines run ``epochs`` passes (repeat + take), so the figure is the steady
     state a training loop sees, not the first batch's start-up.
     """
     import xbatcher
@@ -112,20 +121,25 @@ def bench_loader(store: Path, epochs: int = 4):
             n += int(x.shape[0])
         return n
 
-    def rate(ds):
-        run(ds.take(4))  # warm: graph tracing, first reads
-        t0 = time.perf_counter()
-        n = run(ds)
-        return n / (time.perf_counter() - t0)
+    def rate(make):
+        best = 0.0
+        for _ in range(2):  # best of two fresh pipelines: 2 shared cores are noisy
+            ds = make()
+            run(ds.take(4))  # warm: graph tracing, XLA compile, first reads
+            t0 = time.perf_counter()
+            n = run(ds)
+            best = max(best, n / (time.perf_counter() - t0))
+        return best
 
-    ours = rate(miningxr.training_dataset(store, index, "train", config=cfg, repeat=True))
+    ours = rate(lambda: miningxr.training_dataset(store, index, "train", config=cfg, repeat=True))
+    same = rate(lambda: miningxr.training_dataset(store, index, "train", config=cfg, repeat=True,
+                                                  in_memory=True))
 
-    # the same tiles, packed, in memory, through the same tail (shuffle, batch, normalize, augment)
     reader = ChunkReader(str(store), int(index.attrs["year"]), cfg.bands, cfg.tile_size, 512)
     origins, flags = _chunk_table(index, 512, cfg.tile_size)
     parts = [reader(int(o[0]), int(o[1]), f) for o, f in zip(origins, flags)]
     xs, ys = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-    inmem = rate(dataset_from_arrays(xs, ys, stats["mean"], stats["std"], config=cfg, repeat=True))
+    plain = rate(lambda: dataset_from_arrays(xs, ys, stats["mean"], stats["std"], config=cfg, repeat=True))
 
     ds = miningxr.open_store(store)
     da_ = ds.landsat.isel(year=0)
@@ -138,8 +152,11 @@ def bench_loader(store: Path, epochs: int = 4):
         if time.perf_counter() - t0 > 20:
             break
     xb = k / (time.perf_counter() - t0)
-    return [_result("loader vs in-memory tf.data", ours, inmem, "tiles/s", 0.7,
-                    note=f"{epochs} epochs of {len(index)} tiles, batch {cfg.batch_size}, shuffle + augment"),
+    what = f"{epochs} epochs of {len(index)} tiles, batch {cfg.batch_size}, shuffle + augment"
+    return [_result("loader vs the same pipeline from in-memory numpy", ours, same, "tiles/s", 0.7,
+                    note=what + "; baseline: training_dataset(in_memory=True)"),
+            _result("loader vs plain tf.data over in-memory tiles", ours, plain, "tiles/s", None,
+                    note="from_tensor_slices + shuffle + batch + the same normalize/augment"),
             _result("loader vs xbatcher BatchGenerator", ours, xb, "tiles/s", 50,
                     note="xbatcher: one 64x64 (band, y, x) tile per step from the same store")]
 
@@ -220,7 +237,8 @@ def main(argv=None) -> int:
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     lines = ["| benchmark | ours | baseline | unit | ratio | target | ok |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['name']} | {r['ours']:.1f} | {r['baseline']:.1f} | {r['unit']} | {r['ratio']:.2f} | "
-              f">= {r['target']} | {'yes' if r['meets_target'] else 'NO'} |" for r in results]
+              + ("- | - |" if r["target"] is None else
+                 f">= {r['target']} | {'yes' if r['meets_target'] else 'NO'} |") for r in results]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"total {meta['seconds']:.0f}s; wrote {out}/results.json and results.md")

@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=["bce", "dice", "focal", "combined"])
     p.add_argument("--mixed-precision", action="store_true", default=None)
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
+    p.add_argument("--in-memory", action="store_true", default=None,
+                   help="read the splits once and train from RAM (stores that fit in memory)")
     _common(p)
 
     p = sub.add_parser("predict", help="predict mining probability into a prediction Zarr")
@@ -232,7 +234,8 @@ def train_config(cfg, args):
     return cfg.replace("train", epochs=args.epochs, batch_size=args.batch_size, base_filters=args.base_filters,
                        depth=args.depth, learning_rate=args.learning_rate, dropout=args.dropout,
                        pos_weight=args.pos_weight, patience=args.patience, loss=args.loss,
-                       mixed_precision=args.mixed_precision, augment=args.augment).train
+                       mixed_precision=args.mixed_precision, augment=args.augment,
+                       in_memory=args.in_memory).train
 
 
 def cmd_train(args) -> int:

@@ -101,6 +101,7 @@ class TrainConfig:
     mixed_precision: bool = False
     augment: bool = True
     shuffle_buffer: int = 2048
+    in_memory: bool = False  # read the splits once and train from RAM (small stores)
     seed: int = 0
 
 

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,16 @@ def _strategy():
     gpus = tf.config.list_logical_devices("GPU")
     # several GPUs: one replica each; otherwise the default (CPU or one GPU)
     return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+
+
+@contextlib.contextmanager
+def _no_spurious_end_of_data_warning():
+    """Keras <= 3.15 warns "Your input ran out of data" at the end of finite validation and test
+    passes (fixed upstream in keras-team/keras#23360). Our training input repeats whenever
+    steps_per_epoch is set, so here the warning is always spurious."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
+        yield
 
 
 def train(store: str | os.PathLike, *, index: Any = None, config: TrainConfig | None = None,
@@ -116,7 +127,7 @@ def train(store: str | os.PathLike, *, index: Any = None, config: TrainConfig | 
         keras.callbacks.CSVLogger(out / "history.csv"),
         keras.callbacks.TensorBoard(log_dir=str(out / "tensorboard"), write_graph=False, profile_batch=0),
     ]
-    with _precision(cfg.mixed_precision), _strategy().scope():
+    with _precision(cfg.mixed_precision), _strategy().scope(), _no_spurious_end_of_data_warning():
         model = build_unet(cfg, stats=model_stats)
         model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
                       loss=get_loss(cfg.loss, cfg.pos_weight), metrics=metrics())
@@ -125,7 +136,8 @@ def train(store: str | os.PathLike, *, index: Any = None, config: TrainConfig | 
     if not best.exists():  # no epoch improved on nothing (e.g. NaN val_iou): keep the last
         model.save(best)
     test_ds = training_dataset(store, index, "test", config=cfg, client=client)
-    test = model.evaluate(test_ds, verbose=0, return_dict=True)
+    with _no_spurious_end_of_data_warning():
+        test = model.evaluate(test_ds, verbose=0, return_dict=True)
     test = {k: float(v) for k, v in test.items()}
     history = {k: [float(x) for x in v] for k, v in hist.history.items()}
     (out / "train.json").write_text(json.dumps({"config": asdict(cfg), "test": test,

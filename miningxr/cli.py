@@ -314,7 +314,7 @@ def reference() -> str:
     try:
         parts = ["# Command-line reference", "",
                  "Generated from `miningxr --help` by `python -m miningxr.cli --reference`; "
-                 "a test keeps it current.", "", "```text", build_parser().format_help().rstrip(), "```"]
+                 "a test keeps it current.", "", "```text", parser.format_help().rstrip(), "```"]
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         for name, p in sub.choices.items():
             parts += ["", f"## miningxr {name}", "", "```text", p.format_help().rstrip(), "```"]

@@ -127,7 +127,7 @@ def cut_tiles(img: np.ndarray, lab: np.ndarray, selected: np.ndarray, t: int) ->
     tiles = img[:, : nr * t, : nc * t].reshape(img.shape[0], nr, t, nc, t).transpose(1, 3, 0, 2, 4)
     masks = lab[: nr * t, : nc * t].reshape(nr, t, nc, t).transpose(0, 2, 1, 3)
     # packed int16 and uint8 travel through the shuffle buffer (half and a quarter of the
-    # bytes of float32); the tail normalizes whole batches in one fused TF op
+    # bytes of float32); the tail normalizes whole batches in one XLA kernel
     return tiles[rows, cols], (masks[rows, cols] > 0).view(np.uint8)[:, None]
 
 
@@ -333,7 +333,8 @@ def _finish(tiles, cfg: TrainConfig, mean, std, batch_size: int, shuffle: bool, 
 
     if shuffle:
         tiles = tiles.shuffle(min(cfg.shuffle_buffer, max(n_tiles, 1)), seed=cfg.seed, reshuffle_each_iteration=True)
-    # a plain batch: the parallel one measured 2.5x more CPU per tile for 57 KB elements
+    # a plain batch: for 57 KB elements the parallel one measured 1.4x the CPU per tile and
+    # 2.5x fewer tiles/s
     batches = tiles.batch(batch_size, drop_remainder=drop_remainder)
 
     def prepare(dn, y):

@@ -26,8 +26,8 @@ import contextlib
 import functools
 import json
 import os
-import socket
 import shutil
+import socket
 import sqlite3
 import time
 import warnings

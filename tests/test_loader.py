@@ -67,15 +67,16 @@ def test_normalize_turns_no_data_into_zero():
 def test_the_eight_augmentation_draws_are_the_eight_flips_and_rotations():
     import tensorflow as tf
 
+    from miningxr.config import FILL_VALUE
     from miningxr.loader import _prepare_kernel
 
     rng = np.random.default_rng(5)
     dn = rng.integers(0, 3000, (2, 3, 64, 64)).astype(np.int16)
-    dn[0, :, 0, 0] = -32768
+    dn[0, :, 0, 0] = FILL_VALUE
     y = rng.integers(0, 2, (2, 1, 64, 64)).astype(np.uint8)
     a, b, one, zero = tf.constant([2.0, 3.0, 4.0]), tf.constant([0.5, 0.0, -1.0]), tf.ones(2), tf.zeros(2)
     # the kernel's a, b are scale/std and (offset - mean)/std: this is normalize() band-first
-    plain = np.where(dn == -32768, 0.0, dn * a.numpy()[:, None, None] + b.numpy()[:, None, None])
+    plain = np.where(dn == FILL_VALUE, 0.0, dn * a.numpy()[:, None, None] + b.numpy()[:, None, None])
     want = {np.rot90(np.flip(plain, axis) if axis else plain, k, axes=(2, 3)).transpose(0, 2, 3, 1).round(3).tobytes()
             for axis in (None, 2) for k in range(4)}
     got = set()

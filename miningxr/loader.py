@@ -19,8 +19,12 @@ Example
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import os
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -51,6 +55,52 @@ def normalize(dn: np.ndarray, mean: Sequence[float], std: Sequence[float], band_
     out = (x - mean) / std
     out[~valid] = 0.0
     return out
+
+
+class _ReadsInFlight:
+    """Counts the loader's Python calls running in tf.data threads; ends them at interpreter exit.
+
+    A script that ends with a dataset iterator still alive (``x, y = next(iter(ds))`` as its last
+    line) used to hang forever: Python destroys the iterator while it finalizes, tf.data's
+    destructor waits for the reads in flight, and a read that needs the GIL then never gets it
+    (a finalizing Python ends any foreign thread that asks). At exit, before finalizing, this
+    makes new reads fail at once and waits for the ones in flight, so every pipeline is idle by
+    the time its destructor runs. One per process, as ``atexit`` is.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._running = 0
+        self._closing = False
+        atexit.register(self.close)
+
+    @contextlib.contextmanager
+    def call(self):
+        with self._cond:
+            self._cond.notify_all()  # any call, even a refused one, is activity to wait out
+            if self._closing:
+                raise RuntimeError("the interpreter is exiting; the loader reads no more")
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._running -= 1
+                self._cond.notify_all()
+
+    def close(self, quiet: float = 0.05, timeout: float = 10.0) -> None:
+        """Refuse new reads; return once nothing has run for ``quiet`` seconds (or at ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._closing = True
+            # refused calls fill each stage's buffer with errors, after which tf.data starts
+            # no more: a quiet moment with nothing running is the idle state we need
+            while (left := deadline - time.monotonic()) > 0:
+                if not self._cond.wait(min(quiet, left)) and self._running == 0:
+                    return
+
+
+_reads_in_flight = _ReadsInFlight()
 
 
 class ChunkReader:
@@ -219,7 +269,8 @@ def training_dataset(store: str | os.PathLike, index: Any = None, split: str = "
             order = order.repeat()
 
         def read_unit(o_, f_):
-            return reader(int(o_[0]), int(o_[1]), f_)
+            with _reads_in_flight.call():
+                return reader(int(o_[0]), int(o_[1]), f_)
 
         def read(o, f):
             # reads run in tf.data's threads; the Zarr decode releases the GIL
@@ -261,18 +312,26 @@ def dataset_from_arrays(x: np.ndarray, y: np.ndarray, mean: Sequence[float], std
 
 
 def _dask_reads(client, reader, origins, flags, order, ahead: int) -> Iterator:
-    """Keep ``ahead`` chunk reads in flight on the cluster; yield them in order."""
+    """Keep ``ahead`` chunk reads in flight on the cluster; yield them in order.
+
+    The reader (a few hundred bytes pickled) travels inside each task. It used to be scattered
+    once per epoch, under a content-hashed key that raced the previous epoch's release of the
+    same key: with ``repeat=True`` the next epoch's reads failed with "lost dependencies".
+    """
     from collections import deque
 
-    remote = client.scatter(reader, broadcast=True)
     pending: deque = deque()
     for k in order:
-        pending.append(client.submit(ChunkReader.__call__, remote, int(origins[k][0]),
+        pending.append(client.submit(ChunkReader.__call__, reader, int(origins[k][0]),
                                      int(origins[k][1]), flags[k], pure=False))
         if len(pending) >= ahead:
-            yield pending.popleft().result()
+            with _reads_in_flight.call():
+                done = pending.popleft().result()
+            yield done
     while pending:
-        yield pending.popleft().result()
+        with _reads_in_flight.call():
+            done = pending.popleft().result()
+        yield done
 
 
 def prepare_batch(dn, y, mean: Sequence[float], std: Sequence[float], *, augment: bool = False,

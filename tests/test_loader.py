@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -37,6 +40,24 @@ def test_reads_can_run_on_a_dask_cluster(store, client):
     ds = training_dataset(store, split="val", config=TrainConfig(batch_size=8), client=client)
     x, y = next(iter(ds))
     assert x.shape == (8, 64, 64, 7)
+
+
+def test_a_shuffled_repeating_dataset_keeps_reading_across_epochs_on_a_cluster(store, client):
+    index = load_tile_index(store)
+    n = int(((index.split == "train") & index.selected).sum())
+    ds = training_dataset(store, split="train", config=TrainConfig(batch_size=16), client=client, repeat=True)
+    # three epochs: each starts a new generator of cluster reads while the last one's end
+    assert sum(int(x.shape[0]) for x, _ in ds.take(3 * n // 16)) == 3 * n // 16 * 16
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_a_script_ending_with_a_live_iterator_exits(store, in_memory):
+    # the iterator is destroyed while Python finalizes, with reads still in flight
+    script = ("import miningxr; ds = miningxr.training_dataset(%r, split='train', repeat=True, in_memory=%r); "
+              "x, y = next(iter(ds)); it = iter(ds); next(it); print('read', x.shape[0])" % (str(store), in_memory))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "read 32" in done.stdout
 
 
 def test_in_memory_serves_the_same_batches_as_streaming(store):

@@ -6,6 +6,7 @@ Run ``miningxr --help`` or ``miningxr SUBCOMMAND --help``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -28,8 +29,10 @@ The pipeline, stage by stage (each writes into one global store on the EPSG:6933
   miningxr export   --store s.zarr --predictions pred.zarr --out exports/
   miningxr demo     (all of the above on the synthetic source, no account, no network)
 
-Every command that computes takes --scheduler ADDRESS to run on an existing Dask cluster;
-by default it starts a LocalCluster and prints its dashboard link.
+Every command that computes takes --scheduler ADDRESS to run on an existing Dask cluster
+(watch it on the dashboard). Without it, ingest, predict and demo start a LocalCluster and
+print its dashboard link; train reads in its own tf.data threads, and evaluate and export use
+Dask's threads, the fastest choice on one machine. --scheduler local starts a LocalCluster.
 """
 
 
@@ -60,9 +63,12 @@ def _region_args(p: argparse.ArgumentParser) -> None:
                         "mines (plus sampled mine-free shards) and rasterize the masks")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scheduler", metavar="ADDRESS",
-                   help="Dask scheduler address (tcp://host:8786); default: a new LocalCluster")
+CLUSTER_HELP = "Dask scheduler address (tcp://host:8786); default: a new LocalCluster"
+
+
+def _common(p: argparse.ArgumentParser, scheduler: str | None = CLUSTER_HELP) -> None:
+    if scheduler:
+        p.add_argument("--scheduler", metavar="ADDRESS", help=scheduler)
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
     p.add_argument("--config", metavar="TOML", help="a config file (sections store, synthetic, tiles, train, predict)")
@@ -95,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="what is done, running, failed and left in a store")
     p.add_argument("--store", required=True)
     p.add_argument("--errors", action="store_true", help="list every failed shard with its error")
-    _common(p)
+    _common(p, scheduler=None)
 
     p = sub.add_parser("train", help="build the tile index and train a UNet on a store")
     p.add_argument("--store", required=True)
@@ -109,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
     p.add_argument("--in-memory", action="store_true", default=None,
                    help="read the splits once and train from RAM (stores that fit in memory)")
-    _common(p)
+    _common(p, scheduler="read the training chunks on this Dask cluster's workers (tcp://host:8786, "
+                          "or 'local'); default: tf.data threads in this process")
 
     p = sub.add_parser("predict", help="predict mining probability into a prediction Zarr")
     p.add_argument("--store", required=True)
@@ -128,14 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--out", default="miningxr-eval", help="folder for report.json and PNGs")
-    _common(p)
+    _common(p, scheduler="run on this Dask cluster (tcp://host:8786, or 'local'); default: Dask's "
+                          "threads in this process")
 
     p = sub.add_parser("export", help="GeoTIFF/COG of probability and mask, GeoPackage of mines")
     p.add_argument("--store", required=True)
     p.add_argument("--predictions", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--threshold", type=float, default=0.5)
-    _common(p)
+    _common(p, scheduler="run on this Dask cluster (tcp://host:8786, or 'local'); default: Dask's "
+                          "threads in this process")
 
     p = sub.add_parser("demo", help="the whole pipeline on the synthetic source, into one folder",
                        description="Ingest a synthetic region with mines, rasterize the masks, build "
@@ -238,15 +247,28 @@ def train_config(cfg, args):
                        in_memory=args.in_memory).train
 
 
+@contextlib.contextmanager
+def _cluster(args):
+    """The client for ``--scheduler`` (also Dask's default while open), or None without it."""
+    if not args.scheduler:
+        yield None
+        return
+    from ._dask import dask_client
+
+    with dask_client(args.scheduler) as client:
+        yield client
+
+
 def cmd_train(args) -> int:
     from .tiles import tile_index
 
-    cfg = _config(args)
-    index = tile_index(args.store, year=args.year, config=cfg.tiles)
     from .model.train import train
 
-    result = train(
-        args.store, index=index, config=train_config(cfg, args), out_dir=args.out, verbose=0 if args.quiet else 2)
+    cfg = _config(args)
+    with _cluster(args) as client:
+        index = tile_index(args.store, year=args.year, config=cfg.tiles)
+        result = train(args.store, index=index, config=train_config(cfg, args), out_dir=args.out,
+                       client=client, verbose=0 if args.quiet else 2)
     print(result)
     return 0
 
@@ -272,13 +294,14 @@ def cmd_evaluate(args) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = evaluate(args.store, args.predictions, split=args.split, threshold=args.threshold,
-                      polygons=args.polygons, out=out / "report.json")
-    ds = open_store(args.store)
-    prob = open_predictions(args.predictions, ds)
-    index = load_tile_index(args.store)
-    plot_tiles(ds, prob, index, out / "tiles.png", split=args.split if args.split != "all" else "test")
-    plot_map(ds, prob, out / "map.png", index=index, threshold=args.threshold)
+    with _cluster(args):
+        report = evaluate(args.store, args.predictions, split=args.split, threshold=args.threshold,
+                          polygons=args.polygons, out=out / "report.json")
+        ds = open_store(args.store)
+        prob = open_predictions(args.predictions, ds)
+        index = load_tile_index(args.store)
+        plot_tiles(ds, prob, index, out / "tiles.png", split=args.split if args.split != "all" else "test")
+        plot_map(ds, prob, out / "map.png", index=index, threshold=args.threshold)
     print(json.dumps(report, indent=2))
     return 0
 
@@ -288,8 +311,10 @@ def cmd_export(args) -> int:
     from .predict import open_predictions
     from .store import open_store
 
-    prob = open_predictions(args.predictions, open_store(args.store))
-    for kind, path in export(prob, args.out, threshold=args.threshold).items():
+    with _cluster(args):
+        prob = open_predictions(args.predictions, open_store(args.store))
+        paths = export(prob, args.out, threshold=args.threshold)
+    for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
 

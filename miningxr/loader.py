@@ -252,7 +252,8 @@ def training_dataset(store: str | os.PathLike, index: Any = None, split: str = "
     origins, flags = _chunk_table(tiles, unit, cfg.tile_size)
     if cfg.in_memory if in_memory is None else in_memory:
         if client is not None:
-            raise LoaderError("in_memory=True reads the split into this process; drop client= or in_memory")
+            raise LoaderError("in_memory=True (--in-memory) reads the split into this process and cannot "
+                              "run with client= (--scheduler); drop one of them")
         reader = reader.in_memory(origins)
     shuffle = split == "train" if shuffle is None else shuffle
     augment = (split == "train" and cfg.augment) if augment is None else augment

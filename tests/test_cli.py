@@ -62,3 +62,27 @@ def test_the_cli_reference_in_docs_is_current():
 
     page = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
     assert page.read_text() == reference(), "run: python -m miningxr.cli --reference > docs/cli.md"
+
+
+def test_train_with_a_scheduler_reads_on_that_cluster(store, client, monkeypatch, tmp_path):
+    import miningxr.model.train
+    import miningxr.tiles
+
+    seen = {}
+    monkeypatch.setattr(miningxr.tiles, "tile_index", lambda s, **kw: miningxr.tiles.load_tile_index(s))
+    monkeypatch.setattr(miningxr.model.train, "train",
+                        lambda *a, client, **kw: seen.update(address=client.scheduler.address) or "trained")
+    assert main(["train", "--store", str(store), "--out", str(tmp_path), "--scheduler", client.scheduler.address,
+                 "-q"]) == 0
+    assert seen["address"] == client.scheduler.address
+
+
+def test_train_without_a_scheduler_reads_in_process(store, monkeypatch, tmp_path):
+    import miningxr.model.train
+    import miningxr.tiles
+
+    seen = {}
+    monkeypatch.setattr(miningxr.tiles, "tile_index", lambda s, **kw: miningxr.tiles.load_tile_index(s))
+    monkeypatch.setattr(miningxr.model.train, "train", lambda *a, **kw: seen.update(kw) or "trained")
+    assert main(["train", "--store", str(store), "--out", str(tmp_path), "-q"]) == 0
+    assert seen["client"] is None

@@ -6,7 +6,8 @@ import pytest
 
 from miningxr import load_tile_index, open_store, training_dataset
 from miningxr.config import TrainConfig
-from miningxr.loader import LoaderError, normalize
+from miningxr.config import BANDS
+from miningxr.loader import ChunkReader, LoaderError, _chunk_table, cut_tiles, normalize
 
 
 def test_batches_have_tile_shapes_and_binary_masks(store):
@@ -58,6 +59,26 @@ def test_a_script_ending_with_a_live_iterator_exits(store, in_memory):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "read 32" in done.stdout
+
+
+def test_tiles_cut_from_a_scratch_read_survive_the_next_read(store):
+    index = load_tile_index(store)
+    reader = ChunkReader(str(store), int(index.attrs["year"]), BANDS, 64, 512)
+    origins, flags = _chunk_table(index, 512, 64)
+    first = reader(int(origins[0][0]), int(origins[0][1]), flags[0])
+    reader(int(origins[1][0]), int(origins[1][1]), flags[1])  # overwrites this thread's scratch
+    fresh = cut_tiles(*reader.read(int(origins[0][0]), int(origins[0][1])), flags[0], 64)
+    np.testing.assert_array_equal(first[0], fresh[0])
+    np.testing.assert_array_equal(first[1], fresh[1])
+
+
+def test_a_pickled_reader_becomes_the_one_open_reader_of_its_process(store):
+    import pickle
+
+    reader = ChunkReader(str(store), int(load_tile_index(store).attrs["year"]), BANDS, 64, 1024)
+    again = pickle.loads(pickle.dumps(reader))
+    assert again is pickle.loads(pickle.dumps(reader))
+    assert (again.store, again.year_index, again.band_index) == (reader.store, reader.year_index, reader.band_index)
 
 
 def test_in_memory_serves_the_same_batches_as_streaming(store):

@@ -63,10 +63,11 @@ def _region_args(p: argparse.ArgumentParser) -> None:
                         "mines (plus sampled mine-free shards) and rasterize the masks")
 
 
-CLUSTER_HELP = "Dask scheduler address (tcp://host:8786); default: a new LocalCluster"
+_LOCAL_CLUSTER_HELP = "Dask scheduler address (tcp://host:8786); default: a new LocalCluster"
+_THREADS_HELP = "run on this Dask cluster (tcp://host:8786, or 'local'); default: Dask's threads in this process"
 
 
-def _common(p: argparse.ArgumentParser, scheduler: str | None = CLUSTER_HELP) -> None:
+def _common(p: argparse.ArgumentParser, scheduler: str | None = _LOCAL_CLUSTER_HELP) -> None:
     if scheduler:
         p.add_argument("--scheduler", metavar="ADDRESS", help=scheduler)
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
@@ -135,16 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--out", default="miningxr-eval", help="folder for report.json and PNGs")
-    _common(p, scheduler="run on this Dask cluster (tcp://host:8786, or 'local'); default: Dask's "
-                          "threads in this process")
+    _common(p, scheduler=_THREADS_HELP)
 
     p = sub.add_parser("export", help="GeoTIFF/COG of probability and mask, GeoPackage of mines")
     p.add_argument("--store", required=True)
     p.add_argument("--predictions", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--threshold", type=float, default=0.5)
-    _common(p, scheduler="run on this Dask cluster (tcp://host:8786, or 'local'); default: Dask's "
-                          "threads in this process")
+    _common(p, scheduler=_THREADS_HELP)
 
     p = sub.add_parser("demo", help="the whole pipeline on the synthetic source, into one folder",
                        description="Ingest a synthetic region with mines, rasterize the masks, build "

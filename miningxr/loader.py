@@ -120,6 +120,7 @@ class ChunkReader:
         self.year_index = year - layout.first_year
         self.band_index = [BANDS.index(b) for b in bands]
         self._arrays = None
+        self._local = threading.local()  # per-thread scratch of read(scratch=True)
 
     def _open(self):
         import zarr
@@ -156,7 +157,7 @@ class ChunkReader:
         return img, lab
 
     def _scratch(self, shape: tuple[int, int, int], dtype, mask_dtype) -> tuple[np.ndarray, np.ndarray]:
-        buf = self.__dict__.setdefault("_local", threading.local()).__dict__
+        buf = self._local.__dict__
         if buf.get("shape") != shape:  # a unit cut short by the grid edge gets its own
             buf.update(shape=shape, img=np.empty(shape, dtype), lab=np.empty(shape[1:], mask_dtype))
         return buf["img"], buf["lab"]
@@ -360,17 +361,18 @@ def _dask_reads(client, reader, origins, flags, order, ahead: int) -> Iterator:
     from collections import deque
 
     pending: deque = deque()
+
+    def oldest():
+        with _reads_in_flight.call():  # the wait is the part that must end before Python does
+            return pending.popleft().result()
+
     for k in order:
         pending.append(client.submit(ChunkReader.__call__, reader, int(origins[k][0]),
                                      int(origins[k][1]), flags[k], pure=False))
         if len(pending) >= ahead:
-            with _reads_in_flight.call():
-                done = pending.popleft().result()
-            yield done
+            yield oldest()
     while pending:
-        with _reads_in_flight.call():
-            done = pending.popleft().result()
-        yield done
+        yield oldest()
 
 
 def prepare_batch(dn, y, mean: Sequence[float], std: Sequence[float], *, augment: bool = False,

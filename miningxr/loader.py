@@ -106,7 +106,9 @@ _reads_in_flight = _ReadsInFlight()
 class ChunkReader:
     """Reads square units of whole chunks from the store: a picklable callable for Dask workers too.
 
-    ``unit`` is the side of one read in pixels, a multiple of the store's chunk.
+    ``unit`` is the side of one read in pixels, a multiple of the store's chunk. A unit is held
+    chunk-major, ``(chunk_row, chunk_col, band, y, x)``, so that each chunk decodes straight
+    into its place (:class:`~miningxr.store.ShardReader`) and no copy assembles the unit.
     """
 
     def __init__(self, store: str, year: int, bands: Sequence[str], tile: int, unit: int):
@@ -117,6 +119,7 @@ class ChunkReader:
         if unknown:
             raise LoaderError(f"band(s) {unknown} are not in the store's bands {list(BANDS)}")
         self.store, self.year, self.bands, self.tile, self.unit = str(store), year, tuple(bands), tile, unit
+        self.chunk = layout.chunk
         self.year_index = year - layout.first_year
         self.band_index = [BANDS.index(b) for b in bands]
         self._arrays = None
@@ -125,9 +128,12 @@ class ChunkReader:
     def _open(self):
         import zarr
 
+        from .store import ShardReader
+
         if self._arrays is None:
             root = zarr.open_group(self.store, mode="r", zarr_format=3)
-            self._arrays = (root["landsat"], root["mining"])
+            landsat, mining = root["landsat"], root["mining"]
+            self._arrays = (landsat, mining, ShardReader.for_array(landsat), ShardReader.for_array(mining))
         return self._arrays
 
     def __reduce__(self):
@@ -136,30 +142,42 @@ class ChunkReader:
         # fresh reader per task measured 3x the CPU of the read itself
         return _process_reader, (self.store, self.year, self.bands, self.tile, self.unit)
 
-    def read(self, row0: int, col0: int, *, scratch: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """The packed bands ``(band, h, w)`` and mask ``(h, w)`` of the read unit at (row0, col0).
+    def read(self, row0: int, col0: int, *, scratch: bool = False) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+        """The read unit at (row0, col0): all bands, chunk-major, its mask, and its extent.
 
-        With ``scratch``, zarr decodes into this thread's two scratch arrays, which the next
-        scratch read in the thread overwrites: for a caller that copies what it needs at once.
-        Fresh ~15 MB arrays per read make glibc map, fault in and zero their pages again each
-        time: 2-7% of the streaming loader's tiles/s, in paired runs.
+        Returns ``(img, lab, (h, w))``: ``img`` is ``(chunk_row, chunk_col, band, chunk, chunk)``
+        int16, ``lab`` ``(chunk_row, chunk_col, chunk, chunk)``; a unit cut short by the grid
+        edge has fewer chunks and an extent ``(h, w)`` under the unit's side, and its pixels past
+        the extent are padding. With ``scratch``, the chunks decode into this thread's scratch
+        arrays, which its next scratch read overwrites: for a caller that copies what it needs
+        at once. Fresh ~15 MB arrays per read make glibc map, fault in and zero their pages
+        again each time: 2-7% of the streaming loader's tiles/s, in paired runs.
         """
-        landsat, mining = self._open()
-        r1, c1 = min(row0 + self.unit, landsat.shape[2]), min(col0 + self.unit, landsat.shape[3])
-        sel = (slice(row0, r1), slice(col0, c1))
-        if scratch:
-            img, lab = self._scratch((landsat.shape[1], r1 - row0, c1 - col0), landsat.dtype, mining.dtype)
-            landsat.get_basic_selection((self.year_index, slice(None), *sel), out=_nd(img))
-            mining.get_basic_selection(sel, out=_nd(lab))
-        else:
-            img, lab = landsat[(self.year_index, slice(None), *sel)], mining[sel]
-        img = img[self.band_index] if len(self.band_index) != img.shape[0] else img
-        return img, lab
+        landsat, mining, fast_img, fast_lab = self._open()
+        c = self.chunk
+        h, w = min(self.unit, landsat.shape[2] - row0), min(self.unit, landsat.shape[3] - col0)
+        nr, nc = -(-h // c), -(-w // c)
+        shape = (nr, nc, landsat.shape[1], c, c)
+        img, lab = (self._scratch(shape) if scratch else
+                    (np.empty(shape, landsat.dtype), np.empty(shape[:2] + shape[3:], mining.dtype)))
+        cells = [(i, j) for i in range(nr) for j in range(nc)]
+        grid = [(row0 // c + i, col0 // c + j) for i, j in cells]
+        if fast_img is not None and fast_lab is not None:
+            fast_img.read([(self.year_index, 0, r, k) for r, k in grid], [img[i, j][None] for i, j in cells])
+            fast_lab.read(grid, [lab[i, j] for i, j in cells])
+        else:  # a layout ShardReader does not know: zarr reads it, chunk by chunk
+            for (i, j), (r, k) in zip(cells, grid):
+                rows = slice(r * c, min((r + 1) * c, landsat.shape[2]))
+                cols = slice(k * c, min((k + 1) * c, landsat.shape[3]))
+                hh, ww = rows.stop - rows.start, cols.stop - cols.start
+                landsat.get_basic_selection((self.year_index, slice(None), rows, cols), out=_nd(img[i, j, :, :hh, :ww]))
+                mining.get_basic_selection((rows, cols), out=_nd(lab[i, j, :hh, :ww]))
+        return img, lab, (h, w)
 
-    def _scratch(self, shape: tuple[int, int, int], dtype, mask_dtype) -> tuple[np.ndarray, np.ndarray]:
+    def _scratch(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
         buf = self._local.__dict__
         if buf.get("shape") != shape:  # a unit cut short by the grid edge gets its own
-            buf.update(shape=shape, img=np.empty(shape, dtype), lab=np.empty(shape[1:], mask_dtype))
+            buf.update(shape=shape, img=np.empty(shape, np.int16), lab=np.empty(shape[:2] + shape[3:], np.uint8))
         return buf["img"], buf["lab"]
 
     def in_memory(self, origins: np.ndarray) -> ChunkReader:
@@ -168,8 +186,9 @@ class ChunkReader:
 
     def __call__(self, row0: int, col0: int, selected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Tiles of the read unit at global pixel (row0, col0) whose flag in ``selected`` is set."""
-        img, lab = self.read(row0, col0, scratch=True)
-        return cut_tiles(img, lab, selected, self.tile)  # copies the tiles out of the scratch
+        img, lab, extent = self.read(row0, col0, scratch=True)
+        # copies the tiles (and bands) out of the scratch
+        return cut_tiles(img, lab, selected, self.tile, bands=self.band_index, extent=extent)
 
 
 @functools.lru_cache(maxsize=16)
@@ -192,31 +211,45 @@ class _MemoryReader(ChunkReader):
         self.__dict__.update(reader.__dict__)
         self._units = units
 
-    def read(self, row0: int, col0: int, *, scratch: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def read(self, row0: int, col0: int, *, scratch: bool = False) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
         return self._units[(row0, col0)]
 
     def __reduce__(self):
         raise TypeError("an in-memory reader serves only the process that read it; pickle a ChunkReader")
 
 
-def cut_tiles(img: np.ndarray, lab: np.ndarray, selected: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
+def cut_tiles(img: np.ndarray, lab: np.ndarray, selected: np.ndarray, t: int, *,
+              bands: Sequence[int] | None = None, extent: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Selected ``t``-pixel tiles of a read unit, band-first: ``(n, band, t, t)`` and ``(n, 1, t, t)``.
 
-    ``selected`` holds one flag per tile position of a full unit, row-major; a unit cut short by
-    the grid edge uses the top-left part of it.
+    ``img`` is a unit ``(band, h, w)`` with its mask ``lab`` ``(h, w)``, or one held
+    chunk-major, ``(chunk_row, chunk_col, band, ch, cw)`` and ``(chunk_row, chunk_col, ch, cw)``,
+    as :meth:`ChunkReader.read` returns it. ``selected`` holds one flag per tile position of a
+    full unit, row-major; a unit cut short by the grid edge (``extent``, default the whole
+    array) uses the top-left part of it. ``bands`` picks bands (default all).
     """
+    if img.ndim == 3:  # one "chunk" of whole tiles
+        h, w = extent or img.shape[1:]
+        img, lab = img[None, None, :, : h // t * t, : w // t * t], lab[None, None, : h // t * t, : w // t * t]
+    nci, ncj, nb, ch, cw = img.shape
+    h, w = extent or (nci * ch, ncj * cw)
     selected = np.asarray(selected)
     per = int(np.sqrt(selected.size))
-    nr, nc = img.shape[1] // t, img.shape[2] // t
-    rows, cols = np.nonzero(selected.reshape(per, per)[:nr, :nc])
-    # a (tile_row, tile_col, band, y, x) *view*, then one fancy-index copy of just the selected
-    # tiles: rows of t pixels stay contiguous, and no intermediate array of every tile is made
-    # (3x less CPU than transpose-copy-then-select, 4x less than the same in TensorFlow)
-    tiles = img[:, : nr * t, : nc * t].reshape(img.shape[0], nr, t, nc, t).transpose(1, 3, 0, 2, 4)
-    masks = lab[: nr * t, : nc * t].reshape(nr, t, nc, t).transpose(0, 2, 1, 3)
+    rows, cols = np.nonzero(selected.reshape(per, per)[: h // t, : w // t])
+    pr, pc = ch // t, cw // t  # tiles per chunk side
+    # a (chunk_row, tile_row, chunk_col, tile_col, band, y, x) *view*, then one fancy-index
+    # copy of just the selected tiles and bands: rows of t pixels stay contiguous, and no
+    # intermediate array of every tile is made (3x less CPU than transpose-copy-then-select)
+    tiles = img.reshape(nci, ncj, nb, pr, t, pc, t).transpose(0, 3, 1, 5, 2, 4, 6)
+    masks = lab.reshape(nci, ncj, pr, t, pc, t).transpose(0, 2, 1, 4, 3, 5)
+    at = (rows // pr, rows % pr, cols // pc, cols % pc)
+    if bands is None or list(bands) == list(range(nb)):
+        x = tiles[at]
+    else:
+        x = tiles[tuple(a[:, None] for a in at) + (np.asarray(bands)[None, :],)]
     # packed int16 and uint8 travel through the shuffle buffer (half and a quarter of the
     # bytes of float32); the tail normalizes whole batches in one XLA kernel
-    return tiles[rows, cols], (masks[rows, cols] > 0).view(np.uint8)[:, None]
+    return x, (masks[at] > 0).view(np.uint8)[:, None]
 
 
 def _chunk_table(tiles, chunk: int, tile: int) -> tuple[np.ndarray, np.ndarray]:

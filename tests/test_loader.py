@@ -67,7 +67,8 @@ def test_tiles_cut_from_a_scratch_read_survive_the_next_read(store):
     origins, flags = _chunk_table(index, 512, 64)
     first = reader(int(origins[0][0]), int(origins[0][1]), flags[0])
     reader(int(origins[1][0]), int(origins[1][1]), flags[1])  # overwrites this thread's scratch
-    fresh = cut_tiles(*reader.read(int(origins[0][0]), int(origins[0][1])), flags[0], 64)
+    img, lab, extent = reader.read(int(origins[0][0]), int(origins[0][1]))
+    fresh = cut_tiles(img, lab, flags[0], 64, extent=extent)
     np.testing.assert_array_equal(first[0], fresh[0])
     np.testing.assert_array_equal(first[1], fresh[1])
 
@@ -159,3 +160,18 @@ def test_a_read_unit_cut_short_by_the_grid_edge_keeps_the_right_tiles():
     np.testing.assert_array_equal(x[1], img[:, 64:, :64])  # tile (1, 0); (0, 1) and (1, 1) are cut off
     np.testing.assert_array_equal(y[1, 0], lab[64:, :64] > 0)
     assert len(x) == 2 and y.shape == (2, 1, 64, 64) and y.dtype == np.uint8
+
+
+def test_a_store_layout_the_fast_reader_declines_is_read_through_zarr_alike(store, monkeypatch):
+    from miningxr.store import ShardReader
+
+    index = load_tile_index(store)
+    origins, flags = _chunk_table(index, 1024, 64)
+    fast = ChunkReader(str(store), int(index.attrs["year"]), ["swir1", "red"], 64, 1024)
+    want = [fast(int(o[0]), int(o[1]), f) for o, f in zip(origins, flags)]
+    monkeypatch.setattr(ShardReader, "for_array", classmethod(lambda cls, array: None))
+    slow = ChunkReader(str(store), int(index.attrs["year"]), ["swir1", "red"], 64, 1024)
+    for (o, f), (x, y) in zip(zip(origins, flags), want):
+        xs, ys = slow(int(o[0]), int(o[1]), f)
+        np.testing.assert_array_equal(xs, x)
+        np.testing.assert_array_equal(ys, y)

@@ -70,3 +70,65 @@ def test_store_of_an_older_layout_is_refused(tmp_path):
 def test_year_outside_the_store_is_refused(store):
     with pytest.raises(StoreError, match="outside the store's years"):
         open_store(store, years=1950)
+
+
+@pytest.fixture
+def sparse_store(tmp_path):
+    """A small-layout store (256-px chunks, 512-px shards) with one chunk of each array written:
+    its shard also holds chunks never written, and the next shard does not exist."""
+    import zarr
+
+    from miningxr.config import StoreLayout
+
+    path = tmp_path / "sparse.zarr"
+    create_store(path, StoreLayout(chunk=256, shard=512))
+    root = zarr.open_group(path, mode="r+", zarr_format=3)
+    rng = np.random.default_rng(1)
+    r, c = 1024 * 256, 2048 * 256  # chunk (1024, 2048): the top-left chunk of its shard
+    root["landsat"][36, :, r:r + 256, c:c + 256] = rng.integers(-2000, 30000, (7, 256, 256), dtype=np.int16)
+    root["mining"][r:r + 256, c:c + 256] = rng.integers(0, 2, (256, 256), dtype=np.uint8)
+    return path, (1024, 2048)
+
+
+@pytest.mark.parametrize("name", ["landsat", "mining"])
+def test_shard_reader_decodes_chunks_as_zarr_does(sparse_store, name):
+    import zarr
+
+    from miningxr.store import ShardReader
+
+    path, (r, c) = sparse_store
+    arr = zarr.open_array(path, path=name, mode="r")
+    reader = ShardReader.for_array(arr)
+    lead = (36, 0) if name == "landsat" else ()
+    # written, not written in a written shard, in a shard never written
+    coords = [(*lead, r, c), (*lead, r + 1, c), (*lead, r + 2, c)]
+    outs = [np.empty(arr.chunks, arr.dtype) for _ in coords]
+    reader.read(coords, outs)
+    for at, out in zip(coords, outs):
+        want = arr[tuple(slice(i * n, (i + 1) * n) for i, n in zip(at, arr.chunks))]
+        np.testing.assert_array_equal(out, want)
+    assert (outs[0] != arr.fill_value).any() and (outs[1] == arr.fill_value).all()
+
+
+def test_shard_reader_reports_a_damaged_shard_and_the_fix(sparse_store):
+    import zarr
+
+    from miningxr.store import ShardReader
+
+    path, (r, c) = sparse_store
+    arr = zarr.open_array(path, path="mining", mode="r")
+    shard = path / "mining" / arr.metadata.encode_chunk_key((r // 2, c // 2))
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0xFF  # inside the chunk index
+    shard.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="damaged.*re-run the ingest"):
+        ShardReader.for_array(arr).read([(r, c)], [np.empty(arr.chunks, arr.dtype)])
+
+
+def test_shard_reader_declines_a_layout_it_does_not_know(tmp_path):
+    import zarr
+
+    from miningxr.store import ShardReader
+
+    plain = zarr.create_array(tmp_path / "plain.zarr", shape=(64, 64), chunks=(32, 32), dtype="uint8")
+    assert ShardReader.for_array(plain) is None

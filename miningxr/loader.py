@@ -181,8 +181,16 @@ class ChunkReader:
         return buf["img"], buf["lab"]
 
     def in_memory(self, origins: np.ndarray) -> ChunkReader:
-        """A reader serving the read units at ``origins`` from RAM, each read from Zarr once, now."""
-        return _MemoryReader(self, {(int(r), int(c)): self.read(int(r), int(c)) for r, c in origins})
+        """A reader serving the read units at ``origins`` from RAM, each read from Zarr once, now.
+
+        Only the reader's bands are kept (e.g. 3 of 7 bands take 3/7 of the memory).
+        """
+        def keep(img, lab, extent):
+            everything = self.band_index == list(range(img.shape[2]))
+            return (img if everything else img[:, :, self.band_index].copy()), lab, extent
+
+        units = {(int(r), int(c)): keep(*self.read(int(r), int(c))) for r, c in origins}
+        return _MemoryReader(self, units)
 
     def __call__(self, row0: int, col0: int, selected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Tiles of the read unit at global pixel (row0, col0) whose flag in ``selected`` is set."""
@@ -209,6 +217,7 @@ class _MemoryReader(ChunkReader):
 
     def __init__(self, reader: ChunkReader, units: dict):
         self.__dict__.update(reader.__dict__)
+        self.band_index = list(range(len(self.bands)))  # the units hold just the reader's bands
         self._units = units
 
     def read(self, row0: int, col0: int, *, scratch: bool = False) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:

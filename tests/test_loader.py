@@ -82,8 +82,9 @@ def test_a_pickled_reader_becomes_the_one_open_reader_of_its_process(store):
     assert (again.store, again.year_index, again.band_index) == (reader.store, reader.year_index, reader.band_index)
 
 
-def test_in_memory_serves_the_same_batches_as_streaming(store):
-    cfg = TrainConfig(batch_size=16)
+@pytest.mark.parametrize("bands", [BANDS, ("nir", "red", "swir2")])
+def test_in_memory_serves_the_same_batches_as_streaming(store, bands):
+    cfg = TrainConfig(batch_size=16, bands=bands)
     streamed = training_dataset(store, split="test", config=cfg, shuffle=False, augment=False)
     cached = training_dataset(store, split="test", config=cfg, shuffle=False, augment=False, in_memory=True)
     for (xs, ys), (xc, yc) in zip(streamed, cached, strict=True):

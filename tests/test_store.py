@@ -1,5 +1,3 @@
-import time
-
 import numpy as np
 import pytest
 
@@ -21,11 +19,9 @@ def test_store_keeps_grid_coordinates_and_crs(store, shard_slice):
     assert ds.odc.geobox == shard_slice.geobox
 
 
-def test_opening_a_sparse_global_store_is_fast(store):
-    t0 = time.perf_counter()
+def test_opening_a_sparse_global_store_builds_a_graph_of_the_ingested_slice_only(store):
     ds = open_store(store)
-    assert time.perf_counter() - t0 < 1.0
-    # the graph covers the ingested slice, not the globe
+    # one task per chunk of the one ingested shard (plus a few), not per chunk of the globe
     assert len(ds.landsat.data.__dask_graph__()) < 1000
 
 

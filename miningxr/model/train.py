@@ -143,5 +143,7 @@ def train(store: str | os.PathLike, *, index: Any = None, config: TrainConfig | 
     (out / "train.json").write_text(json.dumps({"config": asdict(cfg), "test": test,
                                                 "epochs_run": len(history.get("loss", []))}, indent=2))
     result = TrainResult(model, best, history, test, time.perf_counter() - t0)
-    log.info("%s", result)
+    # the metrics are the result (the CLI prints it); the log says what happened
+    log.info("trained %d epoch(s) in %.0fs; best model saved to %s", len(history.get("loss", [])),
+             result.seconds, best)
     return result

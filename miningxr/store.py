@@ -329,14 +329,15 @@ class ShardReader:
 
     def _read_shard(self, path: Path, wanted: list) -> None:
         try:
-            fd = os.open(path, os.O_RDONLY)
+            f = open(path, "rb", buffering=0)  # unbuffered: each read is one read into our buffer
         except FileNotFoundError:  # a shard never ingested
             for _, out in wanted:
                 out[...] = self.fill_value
             return
-        try:
-            size = os.fstat(fd).st_size
-            tail = os.pread(fd, self._index_bytes, size - self._index_bytes) if size >= self._index_bytes else b""
+        with f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(size - self._index_bytes, 0))
+            tail = f.read(self._index_bytes)
             if len(tail) != self._index_bytes or _crc32c(tail[:-4]) != tail[-4:]:
                 raise StoreError(f"shard {path} is damaged (its chunk index fails its checksum); "
                                  "delete it and re-run the ingest that wrote it")
@@ -347,15 +348,14 @@ class ShardReader:
                     out[...] = self.fill_value
                     continue
                 data = self._buffer(length)
-                if os.preadv(fd, [data], offset) != length:
+                f.seek(offset)
+                if f.readinto(data) != length:
                     raise StoreError(f"shard {path} is truncated; delete it and re-run the ingest that wrote it")
                 try:
                     self._decode(data, out)
                 except (RuntimeError, ValueError) as e:
                     raise StoreError(f"chunk {within} of shard {path} cannot be decoded ({e}); delete "
                                      "the shard and re-run the ingest that wrote it") from e
-        finally:
-            os.close(fd)
 
     def _buffer(self, n: int) -> memoryview:
         buf = getattr(self._local, "buf", None)

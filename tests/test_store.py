@@ -121,6 +121,21 @@ def test_shard_reader_reports_a_damaged_shard_and_the_fix(sparse_store):
         ShardReader.for_array(arr).read([(r, c)], [np.empty(arr.chunks, arr.dtype)])
 
 
+def test_shard_reader_reports_an_undecodable_chunk_and_the_fix(sparse_store):
+    import zarr
+
+    from miningxr.store import ShardReader
+
+    path, (r, c) = sparse_store
+    arr = zarr.open_array(path, path="mining", mode="r")
+    shard = path / "mining" / arr.metadata.encode_chunk_key((r // 2, c // 2))
+    data = bytearray(shard.read_bytes())
+    data[:4] = b"\0\0\0\0"  # the zstd frame's magic number of the one chunk, at offset 0
+    shard.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="cannot be decoded.*re-run the ingest"):
+        ShardReader.for_array(arr).read([(r, c)], [np.empty(arr.chunks, arr.dtype)])
+
+
 def test_shard_reader_declines_a_layout_it_does_not_know(tmp_path):
     import zarr
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,23 @@ def _frame_checksum(gdf) -> str:
     return hashlib.sha256(b"".join(gdf.geometry.to_wkb().values)).hexdigest()
 
 
+# rasterio silences its own NotGeoreferencedWarning for the in-memory raster it burns into with
+# ``warnings.catch_warnings``, which is not thread-safe: two Dask threads rasterizing at once
+# leak the warning to the user. ``rasterize`` holds the GIL throughout, so taking turns costs no
+# parallelism.
+_RASTERIZE_LOCK = threading.Lock()
+
+
+def burn_block(shapes, row0: int, col0: int, shape: tuple[int, int], *, dtype=np.uint8,
+               all_touched: bool = False) -> np.ndarray:
+    """Rasterize ``(geometry, value)`` pairs in grid CRS into the block whose top-left pixel is
+    ``(row0, col0)`` on the global grid."""
+    transform = Affine(RESOLUTION, 0, _X0 + col0 * RESOLUTION, 0, -RESOLUTION, _Y1 - row0 * RESOLUTION)
+    with _RASTERIZE_LOCK:
+        return features.rasterize(shapes, out_shape=shape, transform=transform, fill=0,
+                                  all_touched=all_touched, dtype=dtype)
+
+
 def _burn(parts: np.ndarray, row0: int, col0: int, shape: tuple[int, int], all_touched: bool,
           values: bool) -> np.ndarray:
     """Rasterize the polygons that intersect one block (given as WKB) into it."""
@@ -162,9 +180,7 @@ def _burn(parts: np.ndarray, row0: int, col0: int, shape: tuple[int, int], all_t
     if not wkbs:
         return np.zeros(shape, dtype)
     geoms = shapely.from_wkb(np.asarray(wkbs, dtype=object))
-    transform = Affine(RESOLUTION, 0, _X0 + col0 * RESOLUTION, 0, -RESOLUTION, _Y1 - row0 * RESOLUTION)
-    return features.rasterize(zip(geoms, vals), out_shape=shape, transform=transform, fill=0,
-                              all_touched=all_touched, dtype=dtype)
+    return burn_block(zip(geoms, vals), row0, col0, shape, dtype=dtype, all_touched=all_touched)
 
 
 def rasterize_blocks(gslice: GridSlice, polygons, row_chunks: tuple[int, ...], col_chunks: tuple[int, ...], *,

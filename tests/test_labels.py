@@ -1,8 +1,11 @@
+import warnings
+
 import geopandas as gpd
 import numpy as np
 import pytest
 import xarray as xr
 from rasterio import features
+from rasterio.errors import NotGeoreferencedWarning
 from shapely.geometry import MultiPolygon, Point, Polygon
 
 from miningxr import mining_mask, open_store, read_polygons
@@ -43,6 +46,16 @@ def test_block_mask_is_bit_identical_to_one_whole_rasterize(shard_slice):
                                    transform=gslice.geobox.affine, dtype=np.uint8)
         assert np.array_equal(mask, whole), crs
         assert mask.any()
+
+
+def test_masks_burned_on_many_threads_leak_no_rasterio_warning(shard_slice):
+    # rasterio hides a NotGeoreferencedWarning with catch_warnings, which races across threads
+    gslice = GridSlice(shard_slice.row0, shard_slice.row0 + 1024, shard_slice.col0, shard_slice.col0 + 1024)
+    ds = xr.Dataset(coords=gslice.coords()).assign(v=(("y", "x"), np.zeros(gslice.shape, np.uint8)))
+    mask = mining_mask(ds.v.chunk({"y": 128, "x": 128}), _random_polygons(gslice))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NotGeoreferencedWarning)
+        assert mask.compute(scheduler="threads", num_workers=8).any()
 
 
 def test_all_touched_burns_more_pixels(store, polygons_path):

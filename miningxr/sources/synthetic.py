@@ -24,12 +24,11 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 from dask.base import tokenize
-from affine import Affine
-from rasterio import features
 from shapely.geometry import Polygon
 
 from ..config import BANDS, SyntheticConfig
 from ..grid import _X0, _Y1, CRS_GRID, RESOLUTION, GridSlice, as_region, block_edges
+from ..labels import burn_block
 from ._common import check_years, encode_dn, landsat_dataset
 
 # Landsat-like spectra: blue green red nir swir1 swir2 reflectance, then thermal as
@@ -162,10 +161,8 @@ def _block(cfg: SyntheticConfig, year: int, row0: int, row1: int, col0: int, col
 
     mines = [(m, p) for m in _mines_in(cfg, row0, row1, col0, col1) if (p := m.polygon(year)) is not None]
     if mines:
-        # rasterize in pixel space of this block (edge x0/y0 of the block on the global grid)
-        transform = Affine(RESOLUTION, 0, _X0 + col0 * RESOLUTION, 0, -RESOLUTION, _Y1 - row0 * RESOLUTION)
-        ids = features.rasterize(((p, i + 1) for i, (_, p) in enumerate(mines)),
-                                 out_shape=(len(rows), len(cols)), transform=transform, dtype=np.int32)
+        ids = burn_block(((p, i + 1) for i, (_, p) in enumerate(mines)), row0, col0, (len(rows), len(cols)),
+                         dtype=np.int32)
         ri, ci = np.nonzero(ids)
         if len(ri):
             k = ids[ri, ci] - 1

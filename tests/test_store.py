@@ -63,6 +63,16 @@ def test_store_of_an_older_layout_is_refused(tmp_path):
         open_store(path)
 
 
+def test_years_out_of_order_and_apart_read_each_year_as_stored(store, shard_slice):
+    region = GridSlice(shard_slice.row0, shard_slice.row0 + 512, shard_slice.col0, shard_slice.col0 + 512)
+    ds = open_store(store, region=region, years=[2020, 2016, 2017])
+    one = open_store(store, region=region, years=2020)
+    assert list(ds.year.values) == [2020, 2016, 2017]
+    assert np.array_equal(ds.landsat.sel(year=2020).values, one.landsat.sel(year=2020).values, equal_nan=True)
+    assert np.isnan(ds.landsat.sel(year=[2016, 2017]).values).all()  # never ingested
+    assert ds.mining.dims == ("y", "x") and ds.rio.crs.to_epsg() == 6933
+
+
 def test_year_outside_the_store_is_refused(store):
     with pytest.raises(StoreError, match="outside the store's years"):
         open_store(store, years=1950)

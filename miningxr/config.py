@@ -120,9 +120,24 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
 
+    def __post_init__(self) -> None:
+        # the model trains on the tiles the index cuts: two sizes cannot both hold
+        if self.tiles.tile_size != self.train.tile_size:
+            raise ValueError(f"[tiles] tile_size {self.tiles.tile_size} and [train] tile_size "
+                             f"{self.train.tile_size} differ; set tile_size in one section (the other "
+                             "follows it) or the same in both")
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
-        """Build a config from nested dicts; unknown keys are an error, not silently dropped."""
+        """Build a config from nested dicts; unknown keys are an error, not silently dropped.
+
+        ``tile_size`` given in only one of ``[tiles]`` and ``[train]`` applies to both.
+        """
+        data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+        given = [data[s]["tile_size"] for s in ("tiles", "train") if "tile_size" in data.get(s, {})]
+        if len(given) == 1:
+            for s in ("tiles", "train"):
+                data.setdefault(s, {})["tile_size"] = given[0]
         sections = {}
         for f in dataclasses.fields(cls):
             sub = dict(data.get(f.name, {}))

@@ -316,7 +316,9 @@ def training_dataset(store: str | os.PathLike, index: Any = None, split: str = "
     index = load_tile_index(store) if index is None else index
     if index.attrs.get("config", {}).get("tile_size", cfg.tile_size) != cfg.tile_size:
         raise LoaderError(f"the tile index uses {index.attrs['config']['tile_size']}px tiles, "
-                          f"the config {cfg.tile_size}px; rebuild the index or change tile_size")
+                          f"the config {cfg.tile_size}px; rebuild the index with "
+                          f"tile_index(store, config=TileConfig(tile_size={cfg.tile_size})) (`miningxr "
+                          "train` rebuilds it from the config's tile_size) or train on the index's size")
     tiles = index[(index.split == split) & index.selected]
     if tiles.empty:
         raise LoaderError(f"split {split!r} has no selected tile; splits present: "

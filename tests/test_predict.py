@@ -49,6 +49,19 @@ def test_a_model_with_other_bands_is_refused(cube, tmp_path):
         predict(cube, path)
 
 
+def test_a_model_whose_input_is_not_its_recorded_tile_size_is_refused(cube):
+    import keras
+
+    from miningxr.config import BANDS
+    from miningxr.model.unet import TileSpec
+
+    inputs = keras.Input((32, 32, len(BANDS)))
+    x = TileSpec(BANDS, 64, [0.0] * len(BANDS), [1.0] * len(BANDS), name="tile_spec")(inputs)
+    model = keras.Model(inputs, keras.layers.Conv2D(1, 1, activation="sigmoid")(x))
+    with pytest.raises(ModelMismatchError, match="does not match its TileSpec \\(64px"):
+        predict(cube, model)
+
+
 def test_a_missing_model_file_is_named(cube, tmp_path):
     with pytest.raises(FileNotFoundError, match="miningxr train"):
         predict(cube, tmp_path / "none.keras")

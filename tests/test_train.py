@@ -32,6 +32,13 @@ def test_bands_missing_from_the_store_are_refused(store, tmp_path):
         train(store, config=TrainConfig(bands=("blue", "ndvi")), out_dir=tmp_path)
 
 
+def test_a_tile_size_other_than_the_tile_index_is_refused(store, tmp_path):
+    from miningxr.loader import LoaderError
+
+    with pytest.raises(LoaderError, match="index uses 64px tiles, the config 32px; rebuild the index with tile_index"):
+        train(store, config=TrainConfig(tile_size=32, depth=2), out_dir=tmp_path)
+
+
 def test_mixed_precision_trains_in_float16_with_a_float32_output(store, tmp_path):
     import keras
     import numpy as np

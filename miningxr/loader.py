@@ -3,8 +3,8 @@
 Reading one 64x64 tile at a time would cost one Zarr decode of a 512x512 chunk per tile. The
 loader instead reads units of 2x2 chunks (256 tiles of 64x64 at the default sizes) in parallel,
 each chunk decoded straight from its shard file into a reused buffer
-(:class:`~miningxr.store.ShardReader`), cuts out the split's tiles with one numpy copy, keeps them packed (int16, band-first) through a
-shuffle buffer that mixes units, then per batch transposes, normalizes with the tile index's
+(:class:`~miningxr.store.ShardReader`), cuts out the split's tiles with one numpy copy, keeps
+them packed (int16, band-first) through a shuffle buffer that mixes units, then per batch transposes, normalizes with the tile index's
 statistics and augments in one XLA-compiled kernel, and prefetches. With ``client=`` the reads
 and cuts run on a Dask cluster instead, a few units ahead of the model; with ``in_memory=True``
 the units are read once and every epoch runs from RAM.
@@ -159,7 +159,7 @@ class ChunkReader:
         h, w = min(self.unit, landsat.shape[2] - row0), min(self.unit, landsat.shape[3] - col0)
         nr, nc = -(-h // c), -(-w // c)
         shape = (nr, nc, landsat.shape[1], c, c)
-        img, lab = (self._scratch(shape) if scratch else
+        img, lab = (self._scratch(shape, landsat.dtype, mining.dtype) if scratch else
                     (np.empty(shape, landsat.dtype), np.empty(shape[:2] + shape[3:], mining.dtype)))
         cells = [(i, j) for i in range(nr) for j in range(nc)]
         grid = [(row0 // c + i, col0 // c + j) for i, j in cells]
@@ -175,10 +175,10 @@ class ChunkReader:
                 mining.get_basic_selection((rows, cols), out=_nd(lab[i, j, :hh, :ww]))
         return img, lab, (h, w)
 
-    def _scratch(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    def _scratch(self, shape: tuple[int, ...], dtype, mask_dtype) -> tuple[np.ndarray, np.ndarray]:
         buf = self._local.__dict__
         if buf.get("shape") != shape:  # a unit cut short by the grid edge gets its own
-            buf.update(shape=shape, img=np.empty(shape, np.int16), lab=np.empty(shape[:2] + shape[3:], np.uint8))
+            buf.update(shape=shape, img=np.empty(shape, dtype), lab=np.empty(shape[:2] + shape[3:], mask_dtype))
         return buf["img"], buf["lab"]
 
     def in_memory(self, origins: np.ndarray) -> ChunkReader:

@@ -270,8 +270,8 @@ class ShardReader:
     alone, and held the streaming pipeline to 0.6 of the same pipeline from memory. This reads
     the layout :func:`create_store` writes, the sharding codec of the Zarr v3 spec with the
     index at the end of each shard (crc32c-checked) and chunks of little-endian bytes through
-    one blosc or zstd compressor: one ``pread`` per chunk into a reused buffer and one decode
-    into the caller's array. zarr stays the writer and the reader of everything else;
+    one blosc or zstd compressor: one unbuffered ``readinto`` per chunk into a reused buffer
+    and one decode into the caller's array. zarr stays the writer and the reader of everything else;
     :meth:`for_array` returns None for an array in any other layout, to be read through zarr.
 
     Example

@@ -93,6 +93,9 @@ class TrainConfig:
     dropout: float = 0.1
     batch_norm: bool = True
     learning_rate: float = 1e-4
+    #: "plateau" halves the rate when validation loss stalls; "cosine" decays it to 1% over
+    #: ``epochs`` (smoother curves when the number of epochs is fixed in advance)
+    lr_schedule: str = "plateau"
     batch_size: int = 32
     epochs: int = 50
     loss: str = "combined"
@@ -103,6 +106,10 @@ class TrainConfig:
     shuffle_buffer: int = 2048
     in_memory: bool = False  # read the splits once and train from RAM (small stores)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in ("plateau", "cosine"):
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose plateau or cosine")
 
 
 @dataclass(frozen=True)

@@ -34,3 +34,8 @@ def test_a_tile_size_in_one_section_applies_to_both(section):
 def test_two_different_tile_sizes_are_refused():
     with pytest.raises(ValueError, match="tile_size 64 and \\[train\\] tile_size 32 differ"):
         Config(train=TrainConfig(tile_size=32))
+
+
+def test_an_unknown_learning_rate_schedule_is_refused():
+    with pytest.raises(ValueError, match="unknown lr_schedule 'step'; choose plateau or cosine"):
+        Config.from_dict({"train": {"lr_schedule": "step"}})

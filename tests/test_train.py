@@ -3,16 +3,15 @@ import json
 import pytest
 
 from miningxr import load_tile_index, train
-from miningxr.config import TileConfig, TrainConfig
+from miningxr.config import TrainConfig
 
 
 @pytest.mark.slow
 def test_small_unet_reaches_iou_08_on_the_spatial_test_split(store, tmp_path):
-    from miningxr import tile_index
-
-    index = tile_index(store, config=TileConfig(negative_ratio=0.5), save=False)
-    cfg = TrainConfig(base_filters=16, epochs=12, learning_rate=2e-3, patience=12)
-    result = train(store, index=index, config=cfg, out_dir=tmp_path, verbose=0)
+    # one shard gives ~5 training batches an epoch: 16 epochs (80 steps) measured test IoU
+    # 0.96-0.97 in 6 runs; 12 epochs at half the negatives (48 steps) gave 0.62-0.94
+    cfg = TrainConfig(base_filters=16, epochs=16, learning_rate=2e-3, patience=16)
+    result = train(store, index=load_tile_index(store), config=cfg, out_dir=tmp_path, verbose=0)
     assert result.test_metrics["iou"] >= 0.8
     saved = json.loads((tmp_path / "train.json").read_text())
     assert saved["test"]["iou"] == pytest.approx(result.test_metrics["iou"])
@@ -25,6 +24,12 @@ def test_one_training_step_writes_model_and_logs(store, tmp_path):
     assert result.model_path.exists()
     assert {"iou", "dice", "precision", "recall", "f1", "auc"} <= set(result.test_metrics)
     assert (tmp_path / "tensorboard").is_dir()
+
+
+def test_a_cosine_schedule_decays_the_learning_rate_to_1_percent_by_the_last_epoch(store, tmp_path):
+    cfg = TrainConfig(base_filters=4, depth=2, epochs=2, batch_size=16, learning_rate=1e-3, lr_schedule="cosine")
+    result = train(store, config=cfg, out_dir=tmp_path, verbose=0, steps_per_epoch=2)
+    assert float(result.model.optimizer.learning_rate) == pytest.approx(1e-5, rel=1e-3)
 
 
 def test_bands_missing_from_the_store_are_refused(store, tmp_path):

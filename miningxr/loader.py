@@ -4,10 +4,11 @@ Reading one 64x64 tile at a time would cost one Zarr decode of a 512x512 chunk p
 loader instead reads units of 2x2 chunks (256 tiles of 64x64 at the default sizes) in parallel,
 each chunk decoded straight from its shard file into a reused buffer
 (:class:`~miningxr.store.ShardReader`), cuts out the split's tiles with one numpy copy, keeps
-them packed (int16, band-first) through a shuffle buffer that mixes units, then per batch transposes, normalizes with the tile index's
-statistics and augments in one XLA-compiled kernel, and prefetches. With ``client=`` the reads
-and cuts run on a Dask cluster instead, a few units ahead of the model; with ``in_memory=True``
-the units are read once and every epoch runs from RAM.
+them packed (int16, band-first) through a shuffle buffer that mixes units, then per batch
+transposes, normalizes with the tile index's statistics and augments in one XLA-compiled
+kernel, and prefetches. With ``client=`` the reads and cuts run on a Dask cluster instead, a
+few units ahead of the model; with ``in_memory=True`` the units are read once and every epoch
+runs from RAM.
 
 Example
 -------

@@ -26,9 +26,10 @@ def test_one_training_step_writes_model_and_logs(store, tmp_path):
     assert (tmp_path / "tensorboard").is_dir()
 
 
-def test_a_cosine_schedule_decays_the_learning_rate_to_1_percent_by_the_last_epoch(store, tmp_path):
+@pytest.mark.parametrize("steps_per_epoch", [2, None])  # None: the epoch the loader yields
+def test_a_cosine_schedule_decays_the_learning_rate_to_1_percent_by_the_last_epoch(store, tmp_path, steps_per_epoch):
     cfg = TrainConfig(base_filters=4, depth=2, epochs=2, batch_size=16, learning_rate=1e-3, lr_schedule="cosine")
-    result = train(store, config=cfg, out_dir=tmp_path, verbose=0, steps_per_epoch=2)
+    result = train(store, config=cfg, out_dir=tmp_path, verbose=0, steps_per_epoch=steps_per_epoch)
     assert float(result.model.optimizer.learning_rate) == pytest.approx(1e-5, rel=1e-3)
 
 

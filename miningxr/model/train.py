@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import logging
+import math
 import os
 import time
 import warnings
@@ -66,16 +66,20 @@ def _no_spurious_end_of_data_warning():
         yield
 
 
-def _learning_rate(cfg: TrainConfig, steps_per_epoch: int):
+def _learning_rate(cfg: TrainConfig, index: Any, steps_per_epoch: int | None):
     """The optimizer's learning rate: a cosine decay over the planned steps, or a constant
     that ``ReduceLROnPlateau`` lowers."""
     import keras
 
-    if cfg.lr_schedule == "cosine":
-        # decays to 1% by the last planned epoch: late epochs take small steps, so the
-        # best-validation checkpoint is not one lucky epoch between large swings
-        return keras.optimizers.schedules.CosineDecay(cfg.learning_rate, cfg.epochs * steps_per_epoch, alpha=0.01)
-    return cfg.learning_rate
+    if cfg.lr_schedule != "cosine":
+        return cfg.learning_rate
+    # an epoch is every selected training tile once, in batches (the loader keeps the last,
+    # partial one), unless steps_per_epoch says otherwise
+    n_train = int((index.selected & (index.split == "train")).sum())
+    steps = steps_per_epoch or max(1, math.ceil(n_train / cfg.batch_size))
+    # decays to 1% by the last planned epoch: late epochs take small steps, so the
+    # best-validation checkpoint is not one lucky epoch between large swings
+    return keras.optimizers.schedules.CosineDecay(cfg.learning_rate, cfg.epochs * steps, alpha=0.01)
 
 
 def train(store: str | os.PathLike, *, index: Any = None, config: TrainConfig | None = None,
@@ -131,8 +135,6 @@ def train(store: str | os.PathLike, *, index: Any = None, config: TrainConfig | 
                                 repeat=steps_per_epoch is not None)
     val_ds = training_dataset(store, index, "val", config=cfg, client=client)
     best = out / "model.keras"
-    n_train = int((index.selected & (index.split == "train")).sum())
-    steps = steps_per_epoch or max(1, math.ceil(n_train / cfg.batch_size))
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_iou", mode="max", patience=cfg.patience,
                                       restore_best_weights=True),
@@ -145,7 +147,7 @@ def train(store: str | os.PathLike, *, index: Any = None, config: TrainConfig | 
             monitor="val_loss", factor=0.5, patience=max(2, cfg.patience // 3), min_lr=cfg.learning_rate / 100))
     with _precision(cfg.mixed_precision), _strategy().scope(), _no_spurious_end_of_data_warning():
         model = build_unet(cfg, stats=model_stats)
-        model.compile(optimizer=keras.optimizers.Adam(_learning_rate(cfg, steps)),
+        model.compile(optimizer=keras.optimizers.Adam(_learning_rate(cfg, index, steps_per_epoch)),
                       loss=get_loss(cfg.loss, cfg.pos_weight), metrics=metrics())
         hist = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks,
                          verbose=verbose, steps_per_epoch=steps_per_epoch, shuffle=False)  # the loader shuffles

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -53,14 +52,24 @@ def _setup_logging(verbose: int, logfile: Path | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
-def _region_args(p: argparse.ArgumentParser) -> None:
+def _region_args(p: argparse.ArgumentParser, polygons: bool = False) -> None:
     g = p.add_argument_group("region (one of)")
     g.add_argument("--bbox", nargs=4, type=float, metavar=("MINLON", "MINLAT", "MAXLON", "MAXLAT"),
                    help="a lon/lat box (EPSG:4326 degrees)")
     g.add_argument("--country", metavar="ISO3", help="an ISO 3166-1 alpha-3 code, e.g. ZAF")
-    g.add_argument("--polygons", metavar="GPKG",
-                   help="mining polygons; with --country, ingest the shards around that country's "
-                        "mines (plus sampled mine-free shards) and rasterize the masks")
+    if polygons:
+        _polygon_args(p, "mining polygons; with --country, ingest the shards around that country's "
+                         "mines (plus sampled mine-free shards) and rasterize the masks")
+
+
+def _polygon_args(p: argparse.ArgumentParser, help: str) -> None:
+    g = p.add_argument_group("mining polygons")
+    g.add_argument("--polygons", metavar="FILE", help=help + " (GeoPackage, shapefile, any OGR format)")
+    g.add_argument("--layer", metavar="NAME", help="the layer of --polygons to read (files with several)")
+    g.add_argument("--columns", nargs="+", metavar="OURS=THEIRS",
+                   help="the file's names for our columns ISO3_CODE, COUNTRY_NAME, AREA, e.g. "
+                        "--columns ISO3_CODE=iso_a3 AREA=area_km2; missing AREA and country columns "
+                        "are derived")
 
 
 _LOCAL_CLUSTER_HELP = "Dask scheduler address (tcp://host:8786); default: a new LocalCluster"
@@ -86,11 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write every shard of a region and year(s) into the global store. "
                                    "Shards already done are skipped, so re-running resumes.")
     p.add_argument("--store", required=True, help="the Zarr store (created on first use)")
-    _region_args(p)
+    _region_args(p, polygons=True)
     p.add_argument("--year", type=int, nargs="+", required=True, help="one or more years")
     p.add_argument("--source", default="synthetic", choices=["synthetic", "gee", "stac"],
                    help="where the pixels come from (default: synthetic, needs no account)")
     p.add_argument("--stac-catalog", help="STAC API URL or local catalog.json (source stac)")
+    p.add_argument("--stac-preset", choices=list(_stac_presets()),
+                   help="a public STAC catalog set up for you (source stac): planetary-computer "
+                        "(asset URLs signed, no account needed) or earth-search (requester-pays S3: "
+                        "needs AWS credentials, reads are billed to you)")
     p.add_argument("--gee-project", help="Google Cloud project for Earth Engine (source gee)")
     p.add_argument("--gee-key-file", help="service-account key JSON for Earth Engine (or MININGXR_GEE_KEY_FILE)")
     p.add_argument("--buffer-km", type=float, default=2.0, help="buffer around polygons with --country (km)")
@@ -126,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True)
     p.add_argument("--model", required=True, help="a .keras file from `miningxr train`")
     p.add_argument("--out", required=True, help="the prediction Zarr (resumable)")
-    _region_args(p)
+    _region_args(p, polygons=False)
     p.add_argument("--year", type=int)
     p.add_argument("--overlap", type=int, help="pixels of overlap between tiles (default 16)")
     p.add_argument("--batch-size", type=int)
@@ -135,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="metrics, plots and a JSON report over a split")
     p.add_argument("--store", required=True)
     p.add_argument("--predictions", required=True)
-    p.add_argument("--polygons", help="mining polygons for per-polygon detection")
+    _polygon_args(p, "mining polygons for per-polygon detection")
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--out", default="miningxr-eval", help="folder for report.json and PNGs")
@@ -167,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stac_presets() -> list[str]:
+    return ["planetary-computer", "earth-search"]  # miningxr.sources.stac.PRESETS (a test keeps them equal)
+
+
 def _config(args):
     from .config import Config
 
@@ -187,37 +204,50 @@ def _region(args):
 
 def cmd_ingest(args) -> int:
     from .ingest import ingest
-    from .labels import read_polygons, write_mask
+    from .labels import check_polygon_file, parse_columns, read_polygons, write_mask
 
     cfg = _config(args)
     region = _region(args)
     if region is None:
         raise SystemExit("error: ingest needs a region: --bbox MINLON MINLAT MAXLON MAXLAT or --country ISO3")
-    opts = {}
+    opts: dict = {}
     if args.source == "stac":
-        if not args.stac_catalog:
-            raise SystemExit("error: --source stac needs --stac-catalog URL_OR_PATH")
-        opts["catalog"] = args.stac_catalog
+        if not (args.stac_catalog or args.stac_preset):
+            raise SystemExit("error: --source stac needs --stac-catalog URL_OR_PATH or --stac-preset NAME")
+        opts.update(catalog=args.stac_catalog, preset=args.stac_preset)
+    elif args.stac_catalog or args.stac_preset:
+        raise SystemExit("error: --stac-catalog and --stac-preset are for --source stac")
     if args.source == "gee":
         opts.update(project=args.gee_project, key_file=args.gee_key_file)
     if args.source == "synthetic":
         opts["config"] = cfg.synthetic
+    # the polygons are checked before any imagery is read or written
+    columns = parse_columns(args.columns)
     shard_ids = None
-    if args.polygons and args.country:
-        from .grid import country_shards
+    if args.polygons:
+        layer = check_polygon_file(args.polygons, args.layer)
+        gdf = read_polygons(args.polygons, country=args.country, layer=layer, columns=columns)
+        if args.country:
+            from .grid import country_shards
 
-        gdf = read_polygons(args.polygons, country=args.country)
-        shard_ids = country_shards(region, gdf, cfg.store.shard, buffer_m=args.buffer_km * 1000,
-                                   seed=cfg.tiles.seed)
-        log.info("%d shard(s) around %d %s polygon(s), with mine-free samples", len(shard_ids), len(gdf), args.country)
+            shard_ids = country_shards(region, gdf, cfg.store.shard, buffer_m=args.buffer_km * 1000,
+                                       seed=cfg.tiles.seed)
+            log.info("%d shard(s) around %d %s polygon(s), with mine-free samples", len(shard_ids), len(gdf),
+                     args.country)
+    elif args.layer or args.columns:
+        raise SystemExit("error: --layer and --columns describe --polygons FILE; give it too")
     report = ingest(args.store, region, args.year, source=args.source, source_options=opts, layout=cfg.store,
                     shard_ids=shard_ids, retry_failed=args.retry_failed, force=args.force,
                     scheduler=args.scheduler, progress=not args.quiet)
     print(report)
+    if not report.ok:
+        return 1
     if args.polygons:
-        print(write_mask(args.store, args.polygons, country=args.country, all_touched=args.all_touched,
-                         scheduler=args.scheduler, progress=not args.quiet))
-    return 0 if report.ok else 1
+        masks = write_mask(args.store, gdf, all_touched=args.all_touched, scheduler=args.scheduler,
+                           progress=not args.quiet)
+        print(masks)
+        return 0 if masks.ok else 1
+    return 0
 
 
 def cmd_status(args) -> int:
@@ -297,17 +327,26 @@ def cmd_evaluate(args) -> int:
     from .store import open_store
     from .tiles import load_tile_index
 
+    from .jsonio import json_dumps
+    from .labels import read_polygons
+
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file; give --out a folder for report.json and the PNGs")
+    polygons = None
+    if args.polygons:
+        polygons = read_polygons(args.polygons, layer=args.layer, columns=args.columns, require_columns=False)
+    elif args.layer or args.columns:
+        raise SystemExit("error: --layer and --columns describe --polygons FILE; give it too")
     with _cluster(args):
         report = evaluate(args.store, args.predictions, split=args.split, threshold=args.threshold,
-                          polygons=args.polygons, out=out / "report.json")
+                          polygons=polygons, out=out / "report.json")
         ds = open_store(args.store)
         prob = open_predictions(args.predictions, ds)
         index = load_tile_index(args.store)
         plot_tiles(ds, prob, index, out / "tiles.png", split=args.split if args.split != "all" else "test")
         plot_map(ds, prob, out / "map.png", index=index, threshold=args.threshold)
-    print(json.dumps(report, indent=2))
+    print(json_dumps(report))
     return 0
 
 

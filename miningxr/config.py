@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 #: Band order of every cube and store; fixed by the design.
 BANDS: tuple[str, ...] = ("blue", "green", "red", "nir", "swir1", "swir2", "thermal")
 
@@ -110,6 +112,26 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("plateau", "cosine"):
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose plateau or cosine")
+        if self.loss not in ("bce", "dice", "focal", "combined"):
+            raise ValueError(f"unknown loss {self.loss!r}; choose bce, dice, focal or combined")
+        _at_least(self, 1, "tile_size", "base_filters", "depth", "batch_size", "epochs", "shuffle_buffer")
+        _at_least(self, 0, "patience")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate (--learning-rate) must be > 0, got {self.learning_rate}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout (--dropout) must be in [0, 1), got {self.dropout}")
+        if not self.pos_weight > 0:
+            raise ValueError(f"pos_weight (--pos-weight) must be > 0, got {self.pos_weight}")
+        if not self.bands:
+            raise ValueError("bands must name at least one band")
+
+
+def _at_least(cfg: object, low: int, *names: str) -> None:
+    """Refuse integer options below ``low``, naming the option and its command-line flag."""
+    for name in names:
+        value = getattr(cfg, name)
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} (--{name.replace('_', '-')}) must be an integer >= {low}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -117,6 +139,12 @@ class PredictConfig:
     overlap: int = 16
     batch_size: int = 64
     threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        _at_least(self, 0, "overlap")
+        _at_least(self, 1, "batch_size")
+        if not 0 <= self.threshold <= 1:
+            raise ValueError(f"threshold (--threshold) must be in [0, 1], got {self.threshold}")
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from .jsonio import write_json
 
 log = logging.getLogger("miningxr")
 
@@ -83,7 +84,7 @@ def run_demo(args) -> int:
                   outputs={"store": str(store), "predictions": str(pred_store), "model": str(result.model_path),
                            "tiles_png": str(out / "tiles.png"), "map_png": str(out / "map.png"),
                            **{k: str(v) for k, v in paths.items()}})
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    write_json(report, out / "report.json")
     print(f"""
 miningxr demo: synthetic region of {len(ids)} shard(s) ({region.shape[0]}x{region.shape[1]} px), year {args.year}
   test split   IoU {report['iou']:.3f}   F1 {report['f1']:.3f}   precision {report['precision']:.3f}   recall {report['recall']:.3f}   AUC {report['auc']:.3f}

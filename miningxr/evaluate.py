@@ -15,7 +15,6 @@ Example
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import numpy as np
 import xarray as xr
 
 from .grid import PIXEL_AREA_KM2, GridSlice
+from .jsonio import write_json
 
 BINS = 1000
 
@@ -72,6 +72,8 @@ def evaluate(store: str | os.PathLike, predictions: Any, *, split: str = "test",
     from .store import open_store
     from .tiles import load_tile_index
 
+    if split not in ("train", "val", "test", "all"):
+        raise ValueError(f"unknown split {split!r}; choose train, val, test or all")
     ds = open_store(store)
     if isinstance(predictions, (str, os.PathLike)):
         pred = open_predictions(predictions, ds)
@@ -79,13 +81,21 @@ def evaluate(store: str | os.PathLike, predictions: Any, *, split: str = "test",
         # only the pixel grid matters here: a scalar `year` left by predict must not clash with
         # the store's year axis
         pred = predictions.reset_coords(drop=True)
-        ds = ds.sel(x=pred.x, y=pred.y)
+        have, want = GridSlice.of_coords(pred), GridSlice.of_coords(ds)
+        common = have.intersection(want)
+        if common is None:
+            raise EvaluateError(f"the predictions cover {have.describe()}, the store {store} covers "
+                                f"{want.describe()}: they do not overlap. Predict the store's region")
+        pred = pred.isel(y=slice(common.row0 - have.row0, common.row1 - have.row0),
+                         x=slice(common.col0 - have.col0, common.col1 - have.col0))
+        ds = ds.isel(y=slice(common.row0 - want.row0, common.row1 - want.row0),
+                     x=slice(common.col0 - want.col0, common.col1 - want.col0))
     gslice = GridSlice.of_coords(pred)
     chunks = pred.data.chunks if pred.chunks else ((gslice.shape[0],), (gslice.shape[1],))
     truth = ds["mining"].data.rechunk(chunks) > 0
     prob = pred.data if pred.chunks else da.from_array(pred.values, chunks=chunks)
     if split == "all":
-        where = da.ones(gslice.shape, bool, chunks=chunks)
+        where = da.ones(gslice.shape, dtype=bool, chunks=chunks)
     else:
         index = load_tile_index(store) if index is None else index
         where = _split_mask(index, split, gslice, chunks)
@@ -102,12 +112,16 @@ def evaluate(store: str | os.PathLike, predictions: Any, *, split: str = "test",
     if polygons is not None:
         from .labels import rasterize_blocks, read_polygons
 
-        gdf = read_polygons(polygons)
+        gdf = read_polygons(polygons, require_columns=False)
         ids = rasterize_blocks(gslice, gdf, chunks[0], chunks[1], values=np.arange(1, len(gdf) + 1))
         ids = da.where(where, ids, 0).ravel()
         det = (da.bincount(ids, minlength=len(gdf) + 1), da.bincount(ids, weights=hit.ravel(), minlength=len(gdf) + 1))
     tp, fp, fn, tn, hpos, hneg, det = dask.compute(tp, fp, fn, tn, hpos, hneg, det)
     tp, fp, fn, tn = (int(v) for v in (tp, fp, fn, tn))
+    if tp + fp + fn + tn == 0:
+        raise EvaluateError(f"no pixel to score: the {split!r} split has no predicted pixel in "
+                            f"{gslice.describe()} (predictions over another region or year, or "
+                            "all no-data). Predict the store's region, or evaluate another --split")
     report: dict[str, Any] = {
         "split": split, "threshold": threshold, "pixels": tp + fp + fn + tn,
         "tp": tp, "fp": fp, "fn": fn, "tn": tn,
@@ -125,8 +139,12 @@ def evaluate(store: str | os.PathLike, predictions: Any, *, split: str = "test",
         report["polygons_detected"] = int((frac >= 0.5).sum())
         report["polygon_detection_rate"] = _div(int((frac >= 0.5).sum()), len(present))
     if out is not None:
-        Path(out).write_text(json.dumps(report, indent=2))
+        write_json(report, out)
     return report
+
+
+class EvaluateError(ValueError):
+    """Predictions and truth that cannot be scored together (no common pixel)."""
 
 
 def _div(a: float, b: float) -> float:

@@ -17,6 +17,9 @@ import xarray as xr
 
 from .grid import CRS_GRID, PIXEL_AREA_KM2
 
+#: the mask GeoTIFF's nodata: pixels without a prediction (no imagery) are neither 0 nor 1
+MASK_NODATA = 255
+
 
 def _with_crs(da_: xr.DataArray) -> xr.DataArray:
     import rioxarray  # noqa: F401  (registers .rio)
@@ -41,14 +44,37 @@ def mine_polygons_from(prob: xr.DataArray, threshold: float = 0.5, min_pixels: i
 
     mask = (prob.fillna(0).values >= threshold).astype(np.uint8)
     transform = _with_crs(prob).rio.transform()
+    # 4-connected patches: an 8-connected polygonization joins pixels that touch only at a corner
+    # into one ring that touches itself ("Ring Self-intersection", invalid in GEOS and GIS tools)
     recs = [{"geometry": shape(geom), "pixels": 0} for geom, v in
-            features.shapes(mask, mask=mask.astype(bool), transform=transform, connectivity=8) if v == 1]
+            features.shapes(mask, mask=mask.astype(bool), transform=transform, connectivity=4) if v == 1]
     gdf = gpd.GeoDataFrame(recs, columns=["geometry", "pixels"], geometry="geometry", crs=CRS_GRID.to_wkt())
+    gdf["geometry"] = valid_polygons(gdf.geometry)
     # the grid is equal-area: area / pixel area is an exact pixel count
     gdf["pixels"] = np.rint(gdf.area / (30.0 * 30.0)).astype(int)
     gdf = gdf[gdf.pixels >= min_pixels].reset_index(drop=True)
     gdf["AREA"] = gdf.pixels * PIXEL_AREA_KM2
-    return gdf.to_crs("EPSG:4326")
+    out = gdf.to_crs("EPSG:4326")
+    # reprojection can fold a ring of a few pixels onto itself: check again where it is written
+    out["geometry"] = valid_polygons(out.geometry)
+    return out
+
+
+def valid_polygons(geoms):
+    """Every geometry valid: invalid ones repaired with ``make_valid``, keeping the polygonal part."""
+    import shapely
+    from shapely.geometry import MultiPolygon, Polygon
+
+    def fix(g):
+        if g is None or g.is_valid:
+            return g
+        g = shapely.make_valid(g)
+        if isinstance(g, (Polygon, MultiPolygon)):
+            return g
+        parts = [p for p in getattr(g, "geoms", []) if isinstance(p, (Polygon, MultiPolygon))]
+        return shapely.union_all(parts) if parts else None
+
+    return geoms.apply(fix)
 
 
 def export(prob: xr.DataArray, out_dir: str | os.PathLike, *, threshold: float = 0.5,
@@ -71,13 +97,25 @@ def export(prob: xr.DataArray, out_dir: str | os.PathLike, *, threshold: float =
     dict
         Paths by kind: ``probability``, ``mask``, ``polygons``.
     """
+    from .grid import GridSlice
+    from .store import StoreError, check_writable_folder
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise StoreError(f"{out} is a file; give --out a folder for the GeoTIFFs and the GeoPackage")
+    check_writable_folder(out, what=f"the exports in {out}")
     prob = prob.compute()
+    if not np.isfinite(prob.values).any():
+        raise StoreError(f"the predictions hold no value over {GridSlice.of_coords(prob).describe()}: "
+                         "nothing to export (predictions of another region or year?). Predict this "
+                         "region first, or export the region the predictions cover")
+    out.mkdir(parents=True, exist_ok=True)
+    nodata = MASK_NODATA
+    mask = xr.where(prob.isnull(), nodata, prob >= threshold).astype(np.uint8).rename("mining")
+    mask.attrs.update(flag_values=[0, 1], flag_meanings="other mining")
     paths = {
         "probability": to_cog(prob.astype(np.float32), out / "mining_probability.tif", nodata=np.nan),
-        "mask": to_cog((prob.fillna(0) >= threshold).astype(np.uint8).rename("mining"),
-                       out / "mining_mask.tif"),
+        "mask": to_cog(mask, out / "mining_mask.tif", nodata=nodata),
     }
     gdf = mine_polygons_from(prob, threshold, min_pixels)
     path = out / "mining_predicted.gpkg"

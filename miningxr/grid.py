@@ -82,6 +82,18 @@ class GridSlice:
         """``x``, ``y`` (pixel centres) and ``spatial_ref`` coordinates of this slice."""
         return xr_coords(self.geobox, crs_coord_name="spatial_ref")
 
+    def describe(self) -> str:
+        """The slice in words users can check: pixel rows and columns, and lon/lat bounds."""
+        bb = self.geobox.geographic_extent.boundingbox
+        return (f"rows {self.row0}:{self.row1}, cols {self.col0}:{self.col1} "
+                f"(lon/lat {bb.left:.4f} {bb.bottom:.4f} {bb.right:.4f} {bb.top:.4f})")
+
+    def intersection(self, other: GridSlice) -> GridSlice | None:
+        """The common part of two slices, or None when they do not overlap."""
+        r0, r1 = max(self.row0, other.row0), min(self.row1, other.row1)
+        c0, c1 = max(self.col0, other.col0), min(self.col1, other.col1)
+        return GridSlice(r0, r1, c0, c1) if r0 < r1 and c0 < c1 else None
+
     def block_chunks(self, step: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Dask chunk sizes along y and x for blocks that start on multiples of ``step``."""
         return (tuple(np.diff(block_edges(self.row0, self.row1, step)).tolist()),
@@ -168,19 +180,25 @@ class Region:
         if not all(math.isfinite(v) for v in (minx, miny, maxx, maxy)):
             raise RegionError(f"bbox {list(bbox)} has a non-finite number")
         crs = CRS(crs)
+        shown = [float(v) for v in bbox]
+        if miny > maxy or (minx > maxx and not (crs.geographic and minx > 0 > maxx)):
+            raise RegionError(
+                f"bbox {shown} has min > max ({'x' if minx > maxx else ''}{'y' if miny > maxy else ''}): "
+                f"give it as MINX MINY MAXX MAXY (west south east north), e.g. "
+                f"{[min(minx, maxx), min(miny, maxy), max(minx, maxx), max(miny, maxy)]}")
         if crs.geographic:
             if minx > maxx:
                 raise RegionError(
-                    f"bbox {list(bbox)} crosses the antimeridian (minx > maxx). "
+                    f"bbox {shown} crosses the antimeridian (west {minx:g} > east {maxx:g}). "
                     "Split it into two boxes, one each side of 180 degrees, and ingest both.")
             if not (-180 <= minx and maxx <= 180 and -90 <= miny and maxy <= 90):
-                raise RegionError(f"bbox {list(bbox)} is outside -180..180 / -90..90 degrees; "
+                raise RegionError(f"bbox {shown} is outside -180..180 / -90..90 degrees; "
                                   "give (min_lon, min_lat, max_lon, max_lat)")
             if miny < -85.04 or maxy > 85.04:
-                raise RegionError(f"bbox {list(bbox)} reaches beyond the global grid, which "
+                raise RegionError(f"bbox {shown} reaches beyond the global grid, which "
                                   "covers latitudes -85.04..85.04 (EASE-Grid 2.0)")
         if not (minx < maxx and miny < maxy):
-            raise RegionError(f"bbox {list(bbox)} is empty: need minx < maxx and miny < maxy")
+            raise RegionError(f"bbox {shown} is empty: need minx < maxx and miny < maxy")
         name = "bbox(" + ",".join(f"{v:g}" for v in (minx, miny, maxx, maxy)) + ")"
         return cls(name, box(minx, miny, maxx, maxy, crs).to_crs(CRS_GRID))
 

@@ -23,8 +23,9 @@ from tqdm.auto import tqdm
 from ._dask import dask_client
 from .config import StoreLayout
 from .grid import GridSlice, Region, as_region, block_edges
-from .sources import open_landsat
-from .store import Catalog, _owner, create_store, remove_partials, write_block
+from .sources import open_landsat, source_years
+from .store import (Catalog, StoreError, _owner, check_store_path, create_store, remove_partials,
+                    write_block)
 
 log = logging.getLogger("miningxr")
 
@@ -85,20 +86,27 @@ def ingest(store: str | Path, region: Any, years: int | Sequence[int], *, source
     True
     """
     t0 = time.perf_counter()
-    layout = create_store(store, layout)
-    store = str(store)
+    # every check before the first write: a bad year, region, source option or missing
+    # credentials leaves no store behind (on Earth Engine a late failure wastes hours)
+    layout = check_store_path(store, layout)
     years = [int(years)] if np.isscalar(years) else [int(y) for y in years]  # type: ignore[arg-type]
-    bad = [y for y in years if not layout.first_year <= y <= layout.last_year]
+    if not years:
+        raise StoreError("no year given; pass one or more years (--year 2020)")
+    first, last = source_years(source, **(source_options or {}))
+    lo, hi = max(first, layout.first_year), min(last, layout.last_year)
+    bad = [y for y in years if not lo <= y <= hi]
     if bad:
-        raise ValueError(f"year(s) {bad} outside the store's years {layout.first_year}-{layout.last_year}")
+        raise StoreError(f"year(s) {bad} outside {lo}-{hi}, the years that both the {source} source "
+                         f"({first}-{last}) and the store ({layout.first_year}-{layout.last_year}) cover")
     reg = as_region(region) if not isinstance(region, Region) else region
     ids = sorted(shard_ids) if shard_ids is not None else reg.shard_ids(layout.shard)
     if not ids:
-        raise ValueError(f"region {reg.name} covers no shard of the global grid")
-    # open the source first: a bad year or missing credentials fails before any catalog write
+        raise StoreError(f"region {reg.name} covers no shard of the global grid")
     cover = GridSlice.covering(ids, layout.shard)
     ds = open_landsat(cover, years, source=source, decode=False, chunks=layout.shard,
                       **(source_options or {}))
+    layout = create_store(store, layout)
+    store = str(store)
     dn = ds["landsat"].data
     # the source's chunks may be request-sized (gee) or scene-sized (stac): one chunk per shard
     row_edges = block_edges(cover.row0, cover.row1, layout.shard)

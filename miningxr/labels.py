@@ -30,66 +30,114 @@ from .grid import _X0, _Y1, CRS_GRID, RESOLUTION, GridSlice
 
 log = logging.getLogger("miningxr")
 
-REQUIRED_COLUMNS = ("ISO3_CODE", "COUNTRY_NAME", "AREA")
+#: the mining-polygons schema (global mining polygons v1/v2); what a file lacks is derived
+SCHEMA_COLUMNS = ("ISO3_CODE", "COUNTRY_NAME", "AREA")
+#: how far (m) a polygon outside every outline of the coarse country table may lie and still
+#: take the nearest country (coastal mines, tailings in estuaries)
+COUNTRY_SNAP_M = 50_000.0
 
 
 class LabelError(ValueError):
     """A polygon file or selection that cannot be used as labels."""
 
 
+def parse_columns(items: Any) -> dict[str, str]:
+    """``["ISO3_CODE=iso3", "AREA=area_km2"]`` or a mapping -> ``{ours: theirs}``, checked."""
+    if items is None:
+        return {}
+    pairs: dict[str, str] = {}
+    if isinstance(items, dict):
+        pairs = {str(k): str(v) for k, v in items.items()}
+    else:
+        for text in items:
+            ours, sep, theirs = str(text).partition("=")
+            if not sep or not ours.strip() or not theirs.strip():
+                raise LabelError(f"column mapping {text!r} is not OURS=THEIRS, e.g. ISO3_CODE=iso_a3")
+            pairs[ours.strip()] = theirs.strip()
+    unknown = [k for k in pairs if k not in SCHEMA_COLUMNS]
+    if unknown:
+        raise LabelError(f"column mapping names {unknown}, which are not in our schema "
+                         f"{list(SCHEMA_COLUMNS)}; map OURS=THEIRS, e.g. ISO3_CODE=iso_a3")
+    return pairs
+
+
+def check_polygon_file(path: str | os.PathLike, layer: str | None = None) -> str:
+    """Check that ``path`` is a readable vector file and pick its layer; return the layer name.
+
+    Cheap (no feature is read): commands call it before any work starts.
+    """
+    import pyogrio
+
+    path = Path(path)
+    if not path.exists():
+        raise LabelError(f"polygon file {path} does not exist; give the path of a GeoPackage or "
+                         "shapefile of mining polygons (--polygons)")
+    try:
+        layers = pyogrio.list_layers(path)
+    except Exception as e:  # pyogrio raises DataSourceError and friends
+        raise LabelError(f"{path} is not a readable vector file ({e})") from e
+    names = [str(n) for n, _ in layers]
+    if layer is None:
+        polys = [str(n) for n, t in layers if t and "polygon" in str(t).lower()]
+        if "mining_polygons" in names:
+            return "mining_polygons"
+        if len(polys) == 1:
+            return polys[0]
+        if len(names) == 1:
+            return names[0]
+        raise LabelError(f"{path} has layers {names}; say which with layer=... (--layer NAME)")
+    if layer not in names:
+        raise LabelError(f"{path} has no layer {layer!r}; its layers are {names} (--layer NAME)")
+    return layer
+
+
 def read_polygons(path: str | os.PathLike | Any, *, country: str | None = None,
-                  layer: str | None = None, require_columns: bool = True):
-    """Read a mining-polygons GeoPackage into the grid CRS, checked and repaired.
+                  layer: str | None = None, columns: Any = None, require_columns: bool = True):
+    """Read a mining-polygons file into the grid CRS, checked, repaired and completed.
+
+    Real files vary, and each is accepted: the global mining polygons v1/v2 GeoPackages
+    (``ISO3_CODE``, ``COUNTRY_NAME``, ``AREA`` km2, EPSG:4326); combined sets without ``AREA``;
+    shapefiles with no country column in a projected CRS (Tang & Werner); GeoPackages with
+    several layers. What a file lacks is derived: ``AREA`` in km2 on the equal-area grid,
+    ``ISO3_CODE``/``COUNTRY_NAME`` by spatial join with the built-in country table.
 
     Parameters
     ----------
     path
-        A GeoPackage (or any file pyogrio reads), or a GeoDataFrame already in memory.
+        A GeoPackage, shapefile or any file pyogrio reads, or a GeoDataFrame already in memory.
     country
         Keep only polygons whose ``ISO3_CODE`` is this code.
     layer
-        The layer to read; by default the only polygon layer, or ``mining_polygons``.
+        The layer to read; by default ``mining_polygons``, or the only polygon layer.
+    columns
+        The file's names for our columns: ``{"ISO3_CODE": "iso_a3", "AREA": "area_km2"}`` or
+        ``["ISO3_CODE=iso_a3"]`` (``--columns``).
+    require_columns
+        Derive the country columns by spatial join when absent; False leaves them out (faster
+        where no country is needed).
 
     Returns
     -------
     geopandas.GeoDataFrame
-        In EPSG:6933, with ``attrs["name"]`` and ``attrs["checksum"]`` (sha256 of the file).
+        In EPSG:6933 with ``ISO3_CODE``, ``COUNTRY_NAME`` and ``AREA``; ``attrs`` hold ``name``,
+        ``checksum`` (sha256 of the file) and ``derived`` (the columns computed here).
     """
     import geopandas as gpd
-    import pyogrio
 
+    mapping = parse_columns(columns)
     if isinstance(path, gpd.GeoDataFrame):
         gdf = path.copy()
         name, checksum = gdf.attrs.get("name", "<memory>"), gdf.attrs.get("checksum") or _frame_checksum(gdf)
     else:
         path = Path(path)
-        if not path.exists():
-            raise LabelError(f"polygon file {path} does not exist")
-        try:
-            layers = pyogrio.list_layers(path)
-        except Exception as e:  # pyogrio raises DataSourceError and friends
-            raise LabelError(f"{path} is not a readable vector file ({e})") from e
-        names = [str(n) for n, _ in layers]
-        if layer is None:
-            polys = [str(n) for n, t in layers if t and "polygon" in str(t).lower()]
-            if "mining_polygons" in names:
-                layer = "mining_polygons"
-            elif len(polys) == 1:
-                layer = polys[0]
-            elif len(names) == 1:
-                layer = names[0]
-            else:
-                raise LabelError(f"{path} has layers {names}; say which with layer=... (--layer)")
-        elif layer not in names:
-            raise LabelError(f"{path} has no layer {layer!r}; its layers are {names}")
+        layer = check_polygon_file(path, layer)
         gdf = gpd.read_file(path, layer=layer)
         name, checksum = path.name, _file_checksum(path)
-
-    if require_columns:
-        missing = [c for c in REQUIRED_COLUMNS if c not in gdf.columns]
-        if missing:
-            raise LabelError(f"polygons lack column(s) {missing} of the mining-polygons schema "
-                             f"{list(REQUIRED_COLUMNS)}; found {[c for c in gdf.columns if c != 'geometry']}")
+    absent = [theirs for theirs in mapping.values() if theirs not in gdf.columns]
+    if absent:
+        raise LabelError(f"the column mapping names {absent}, which the polygons lack; their "
+                         f"columns are {[c for c in gdf.columns if c != gdf.geometry.name]}")
+    gdf = gdf.rename(columns={theirs: ours for ours, theirs in mapping.items()})
     if gdf.crs is None:
         raise LabelError("the polygons have no CRS; set one (e.g. EPSG:4326) in the file or with .set_crs()")
     gdf = gdf.reset_index(drop=True)
@@ -112,10 +160,23 @@ def read_polygons(path: str | os.PathLike | Any, *, country: str | None = None,
         # make_valid can return collections with lines; keep the polygonal part
         gdf.loc[invalid, "geometry"] = fixed.apply(_polygonal)
         gdf = gdf[~(gdf.geometry.isna() | gdf.geometry.is_empty)]
+    gdf = gdf.to_crs(CRS_GRID.to_wkt())
+    derived = []
+    if "AREA" not in gdf.columns:
+        gdf["AREA"] = gdf.geometry.area / 1e6  # km2 on the equal-area grid
+        derived.append("AREA")
+    if "ISO3_CODE" not in gdf.columns and (require_columns or country is not None) and not gdf.empty:
+        gdf = _join_countries(gdf)
+        derived += ["ISO3_CODE", "COUNTRY_NAME"]
+    elif "ISO3_CODE" in gdf.columns and "COUNTRY_NAME" not in gdf.columns:
+        from .grid import country_name
+
+        gdf["COUNTRY_NAME"] = [country_name(str(c)) if c else None for c in gdf["ISO3_CODE"]]
+        derived.append("COUNTRY_NAME")
+    if derived:
+        log.info("%s: derived column(s) %s", name, derived)
     if country is not None:
         code = country.strip().upper()
-        if "ISO3_CODE" not in gdf.columns:
-            raise LabelError("cannot select a country: the polygons have no ISO3_CODE column")
         sel = gdf[gdf["ISO3_CODE"] == code]
         if sel.empty:
             codes = sorted(set(gdf["ISO3_CODE"].dropna()))
@@ -123,9 +184,34 @@ def read_polygons(path: str | os.PathLike | Any, *, country: str | None = None,
         gdf = sel
     if gdf.empty:
         raise LabelError("the polygon selection is empty")
-    gdf = gdf.to_crs(CRS_GRID.to_wkt())
-    gdf.attrs.update(name=name, checksum=checksum)
+    gdf.attrs.update(name=name, checksum=checksum, derived=derived)
     return gdf
+
+
+def _join_countries(gdf):
+    """``ISO3_CODE``/``COUNTRY_NAME`` of each polygon from the built-in country table: the country
+    holding its representative point, else the nearest within :data:`COUNTRY_SNAP_M`."""
+    import geopandas as gpd
+
+    from .grid import country_table
+
+    table = country_table().to_crs(gdf.crs)[["ISO3_CODE", "COUNTRY_NAME", "geometry"]]
+    points = gpd.GeoDataFrame(geometry=gdf.geometry.representative_point(), crs=gdf.crs)
+    hit = gpd.sjoin(points, table, how="left", predicate="within")
+    hit = hit[~hit.index.duplicated(keep="first")]
+    lost = hit["ISO3_CODE"].isna()
+    if lost.any():
+        near = gpd.sjoin_nearest(points[lost.to_numpy()], table, how="left", max_distance=COUNTRY_SNAP_M)
+        near = near[~near.index.duplicated(keep="first")]
+        hit.loc[near.index, ["ISO3_CODE", "COUNTRY_NAME"]] = near[["ISO3_CODE", "COUNTRY_NAME"]].to_numpy()
+    out = gdf.copy()
+    out["ISO3_CODE"] = hit["ISO3_CODE"].to_numpy()
+    out["COUNTRY_NAME"] = hit["COUNTRY_NAME"].to_numpy()
+    n = int(out["ISO3_CODE"].isna().sum())
+    if n:
+        log.warning("%d polygon(s) lie in no country of the built-in table (nor within %.0f km of one); "
+                    "their ISO3_CODE is empty", n, COUNTRY_SNAP_M / 1e3)
+    return out
 
 
 def _polygonal(geom):
@@ -263,11 +349,12 @@ def mining_mask(obj: xr.Dataset | xr.DataArray, polygons: Any, *, all_touched: b
 
 
 def write_mask(store: str | os.PathLike, polygons: Any, *, region: Any = None, all_touched: bool = False,
-               country: str | None = None, scheduler: str | None = None, progress: bool = True,
-               force: bool = False):
+               country: str | None = None, layer: str | None = None, columns: Any = None,
+               scheduler: str | None = None, progress: bool = True, force: bool = False):
     """Rasterize polygons into the store's ``mining`` variable for every ingested shard.
 
-    Each shard is one Dask task tracked in the catalog, as for ingest. Returns an
+    Each shard is one Dask task tracked in the catalog, as for ingest. ``layer`` and
+    ``columns`` are as for :func:`read_polygons`. Returns an
     :class:`~miningxr.ingest.IngestReport`.
     """
     import time
@@ -278,7 +365,7 @@ def write_mask(store: str | os.PathLike, polygons: Any, *, region: Any = None, a
 
     t0 = time.perf_counter()
     layout = store_layout(store)
-    gdf = read_polygons(polygons, country=country)
+    gdf = read_polygons(polygons, country=country, layer=layer, columns=columns)
     ds = open_store(store, region=region, chunks=layout.shard)
     with Catalog(store) as cat:
         done = cat.shards("landsat", state="done")

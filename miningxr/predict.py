@@ -150,7 +150,11 @@ def predict(ds: xr.Dataset | xr.DataArray, model: Any, *, overlap: int = 16, bat
 
     arr = ds["landsat"] if isinstance(ds, xr.Dataset) else ds
     if "year" in arr.dims:
-        arr = arr.sel(year=year if year is not None else arr.year.values[-1])
+        held = [int(y) for y in arr.year.values]
+        if year is not None and int(year) not in held:
+            raise ValueError(f"year {year} is not in the cube, which holds {held}; open the store "
+                             "with that year (open_store(..., years=...)) or pick one of these")
+        arr = arr.sel(year=int(year) if year is not None else held[-1])
     check_compatible(model, arr)
     m = _resolve(model)
     spec = model_spec(m)
@@ -232,11 +236,34 @@ def write_predictions(pred: xr.DataArray, path: str | os.PathLike, *, progress: 
     from .ingest import IngestReport, run_yearless_shards
     from .store import create_atomically, global_template, write_block
 
+    from .store import StoreError, check_writable_folder
+
     t0 = time.perf_counter()
     path = Path(path)
     gslice = GridSlice.of_coords(pred)
     chunk = int(max(pred.chunks[0])) if pred.chunks else 512
     shard = 2048 if 2048 % chunk == 0 else chunk
+    year = int(pred.coords["year"]) if "year" in pred.coords and pred.coords["year"].ndim == 0 else None
+    model = _model_identity(pred.attrs.get("model"))
+    # checked before any write: a file in the way, a folder we cannot write, or a prediction
+    # store of another year or model (it has no year axis: mixing would mislabel values)
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"{path} is a file, not a prediction store; give --out a new or existing "
+                         "prediction store folder (e.g. pred.zarr)")
+    if (path / "zarr.json").exists():
+        have = zarr.open_group(path, mode="r").attrs.get("miningxr_predictions")
+        if have is None:
+            raise StoreError(f"{path} is a Zarr store but not a miningxr prediction store; use another --out")
+        if have.get("year") != year:
+            raise StoreError(f"{path} holds predictions of year {have.get('year')}, not {year}; a "
+                             "prediction store holds one year: write this one to another --out")
+        if have.get("model") != model:
+            raise StoreError(f"{path} holds predictions of model {have.get('model')}, not {model}; "
+                             "write this model's predictions to another --out")
+    elif path.exists() and any(path.iterdir()):
+        raise StoreError(f"{path} exists and is not a prediction store; choose an empty or new --out")
+    else:
+        check_writable_folder(path.parent, what=f"the prediction store {path}")
 
     def build(tmp: Path) -> None:
         global_template().to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False)
@@ -244,8 +271,9 @@ def write_predictions(pred: xr.DataArray, path: str | os.PathLike, *, progress: 
         root.create_array("mining_probability", shape=GLOBAL_SHAPE, dtype="float32", chunks=(chunk, chunk),
                           shards=(shard, shard), fill_value=np.nan, compressors=ZstdCodec(level=3),
                           dimension_names=("y", "x"),
-                          attributes={**pred.attrs, "coordinates": "spatial_ref"})
-        root.attrs["miningxr_predictions"] = {"shard": shard, "chunk": chunk}
+                          attributes={**pred.attrs, "coordinates": "spatial_ref",
+                                      **({"year": year} if year is not None else {})})
+        root.attrs["miningxr_predictions"] = {"shard": shard, "chunk": chunk, "year": year, "model": model}
 
     if not (path / "zarr.json").exists():
         create_atomically(path, build)  # False: a concurrent writer made it first; use theirs
@@ -274,11 +302,57 @@ def write_predictions(pred: xr.DataArray, path: str | os.PathLike, *, progress: 
     return report
 
 
-def open_predictions(path: str | os.PathLike, like: xr.Dataset | xr.DataArray) -> xr.DataArray:
-    """Read predictions for exactly the grid slice of ``like``."""
+def _model_identity(model: Any) -> str | None:
+    """What names a model across runs: the sha256 of its file when it is one, else its name."""
+    if model is None:
+        return None
+    p = Path(str(model))
+    if p.is_file():
+        import hashlib
+
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return f"{p.name} sha256:{h.hexdigest()[:16]}"
+    return str(model)
+
+
+def predicted_extent(path: str | os.PathLike):
+    """The slice covering every shard a prediction store has written, or None when it has none."""
     from .grid import GridSlice
+    from .store import Catalog, StoreError
+
+    import zarr
+
+    p = Path(path)
+    if not (p / "zarr.json").exists():
+        raise StoreError(f"{p} is not a prediction store (no zarr.json); write one with `miningxr predict`")
+    meta = zarr.open_group(str(p), mode="r").attrs.get("miningxr_predictions")
+    if meta is None:
+        raise StoreError(f"{p} is not a miningxr prediction store; write one with `miningxr predict`")
+    with Catalog(p, readonly=True) as cat:
+        done = cat.shards("mining_probability", state="done")
+    if done.empty:
+        return None
+    return GridSlice.covering(zip(done.shard_row, done.shard_col), int(meta["shard"]))
+
+
+def open_predictions(path: str | os.PathLike, like: xr.Dataset | xr.DataArray) -> xr.DataArray:
+    """Read predictions for exactly the grid slice of ``like``.
+
+    Refuses, naming both extents, a prediction store that holds nothing over that slice.
+    """
+    from .grid import GridSlice
+    from .store import StoreError
 
     gslice = GridSlice.of_coords(like)
+    have = predicted_extent(path)
+    if have is None or have.intersection(gslice) is None:
+        raise StoreError(f"the predictions in {path} do not cover the data asked for: they cover "
+                         f"{have.describe() if have else 'nothing yet'}, the data {gslice.describe()}. "
+                         "Predict this region (`miningxr predict --store ... --out ...`) or pass the "
+                         "store and region the predictions were made for")
     ds = xr.open_zarr(path, chunks=None, consolidated=False, zarr_format=3, decode_coords="all")
     out = ds["mining_probability"].isel(y=gslice.rows, x=gslice.cols)
     out = out.assign_coords(spatial_ref=gslice.coords()["spatial_ref"])

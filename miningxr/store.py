@@ -29,6 +29,7 @@ import os
 import shutil
 import socket
 import sqlite3
+import tempfile
 import threading
 import time
 import warnings
@@ -68,6 +69,24 @@ def create_store(path: str | os.PathLike, layout: StoreLayout | None = None) -> 
     ingested.
     """
     path = Path(path)
+    layout = check_store_path(path, layout)
+    if (path / "zarr.json").exists():
+        return layout
+    if create_atomically(path, lambda tmp: _build_store(tmp, layout)):
+        return layout
+    return create_store(path, layout)  # another process created it first: validate theirs
+
+
+def check_store_path(path: str | os.PathLike, layout: StoreLayout | None = None) -> StoreLayout:
+    """The layout a store at ``path`` has or will have, checked before anything is written.
+
+    Refuses a path that is a file, a folder that holds something else, an existing store of
+    another layout, and a place this process cannot write, each with the fix.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"{path} is a file, not a store; give the path of a new or existing store "
+                         "folder (e.g. s.zarr)")
     if (path / "zarr.json").exists():
         existing = store_layout(path)
         if layout is not None and layout != existing:
@@ -75,10 +94,26 @@ def create_store(path: str | os.PathLike, layout: StoreLayout | None = None) -> 
         return existing
     if path.exists() and any(path.iterdir()):
         raise StoreError(f"{path} exists and is not a miningxr store; choose an empty or new path")
-    layout = layout or StoreLayout()
-    if create_atomically(path, lambda tmp: _build_store(tmp, layout)):
-        return layout
-    return create_store(path, layout)  # another process created it first: validate theirs
+    check_writable_folder(path.parent, what=f"the store {path}")
+    return layout or StoreLayout()
+
+
+def check_writable_folder(folder: str | os.PathLike, *, what: str) -> None:
+    """Refuse, with the fix, a folder in which this process cannot create files (tried for real:
+    permission bits say nothing of read-only mounts, and root ignores them)."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise StoreError(f"cannot create {what}: {probe} is a file, not a folder")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".miningxr-write-test-", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise StoreError(f"cannot create {what}: {probe} is not writable ({e.strerror}); choose a "
+                         "folder you can write to") from None
 
 
 def imagery_codec() -> BloscCodec:
@@ -205,7 +240,7 @@ def open_store(path: str | os.PathLike, region: Any = None, years: int | Sequenc
     >>> ds.landsat.sel(band="swir1").isel(year=0).plot()  # doctest: +SKIP
     """
     layout = store_layout(path)
-    with Catalog(path) as cat:
+    with Catalog(path, readonly=True) as cat:
         done = cat.shards("landsat", state="done")
     if region is None:
         if done.empty:
@@ -216,13 +251,21 @@ def open_store(path: str | os.PathLike, region: Any = None, years: int | Sequenc
         gslice = region
     else:
         gslice = as_region(region).slice(layout.chunk)
+    held = sorted({int(y) for y in done.year})
     if years is None:
-        years = sorted(set(done.year)) or layout.years
+        years = held or layout.years
     years = [int(years)] if np.isscalar(years) else [int(y) for y in years]  # type: ignore[arg-type]
     bad = [y for y in years if not layout.first_year <= y <= layout.last_year]
     if bad:
         raise StoreError(f"year(s) {bad} outside the store's years "
                          f"{layout.first_year}-{layout.last_year}")
+    lacking = [y for y in years if y not in held]
+    if held and lacking:
+        # a year never ingested would read as fill everywhere: never serve it silently (a region
+        # of an ingested year that holds no shard is another matter: a sparse store, read as NaN)
+        raise StoreError(f"{path} holds no imagery for year(s) {lacking}; it holds {held}. Ingest them "
+                         f"first (`miningxr ingest --store {path} ... --year {' '.join(map(str, lacking))}`) "
+                         "or pick a year it holds")
     # chunks=None: lazily indexed backend arrays, so slicing builds no whole-globe graph
     ds = xr.open_zarr(path, chunks=None, consolidated=False, zarr_format=3, decode_coords="all")
     # each run of consecutive years as a slice: zarr reads an integer-array selection ~13x slower
@@ -417,19 +460,49 @@ class Catalog:
     it works the same with a LocalCluster or a remote cluster.
     """
 
-    def __init__(self, store: str | os.PathLike, stale_after: float = 3600.0):
+    def __init__(self, store: str | os.PathLike, stale_after: float = 3600.0, *, readonly: bool = False):
         self.path = Path(store) / CATALOG
-        if not self.path.parent.exists():
-            zarr.open_group(str(store), mode="r+", zarr_format=3).require_group(self.path.parent.name)
+        self.readonly = readonly
         self.stale_after = stale_after
-        self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA busy_timeout=60000")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS shards (variable TEXT, year INTEGER, shard_row INTEGER,"
-            " shard_col INTEGER, state TEXT NOT NULL, source TEXT, owner TEXT, error TEXT,"
-            " attempts INTEGER NOT NULL DEFAULT 0, updated REAL,"
-            " PRIMARY KEY (variable, year, shard_row, shard_col))")
+        if readonly:
+            self.db = self._connect_readonly()
+            return
+        try:
+            if not self.path.parent.exists():
+                zarr.open_group(str(store), mode="r+", zarr_format=3).require_group(self.path.parent.name)
+            self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA busy_timeout=60000")
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS shards (variable TEXT, year INTEGER, shard_row INTEGER,"
+                " shard_col INTEGER, state TEXT NOT NULL, source TEXT, owner TEXT, error TEXT,"
+                " attempts INTEGER NOT NULL DEFAULT 0, updated REAL,"
+                " PRIMARY KEY (variable, year, shard_row, shard_col))")
+        except (sqlite3.OperationalError, PermissionError, OSError) as e:
+            raise StoreError(f"the store {store} cannot be written ({e}): it is read-only here. Read it "
+                             "as it is, or copy it to a writable place to add to it") from None
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        """Open the catalog for reading, also on read-only media and shared read-only folders.
+
+        A WAL database needs its -shm file (or the right to make one) even to read; where the
+        folder cannot be written SQLite's ``immutable`` mode reads the file as it is, with no
+        locks, which is right for a store that nobody writes there.
+        """
+        if not self.path.exists():
+            db = sqlite3.connect(":memory:", isolation_level=None)
+            db.execute("CREATE TABLE shards (variable TEXT, year INTEGER, shard_row INTEGER, shard_col INTEGER,"
+                       " state TEXT, source TEXT, owner TEXT, error TEXT, attempts INTEGER, updated REAL)")
+            return db
+        uri = self.path.resolve().as_uri()
+        try:
+            db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=60, isolation_level=None)
+            db.execute("SELECT count(*) FROM shards").fetchone()
+            return db
+        except sqlite3.OperationalError:
+            db = sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
+            db.execute("SELECT count(*) FROM shards").fetchone()
+            return db
 
     def __enter__(self) -> Catalog:
         return self
@@ -523,7 +596,7 @@ def status(store: str | os.PathLike) -> pd.DataFrame:
     0   landsat  2020     4       0        0        0      4
     """
     store_layout(store)
-    with Catalog(store) as cat:
+    with Catalog(store, readonly=True) as cat:
         df = cat.shards()
     cols = ["variable", "year", *STATES, "total", "error"]
     if df.empty:
@@ -543,7 +616,7 @@ def status(store: str | os.PathLike) -> pd.DataFrame:
 
 def failures(store: str | os.PathLike) -> pd.DataFrame:
     """The failed shards with their error messages."""
-    with Catalog(store) as cat:
+    with Catalog(store, readonly=True) as cat:
         df = cat.shards(state="failed")
     return df[["variable", "year", "shard_row", "shard_col", "attempts", "error"]]
 

@@ -71,7 +71,12 @@ def tile_index(store: str | os.PathLike | xr.Dataset, *, year: int | None = None
     if year is None:
         year = int(ds.year.values[-1])
     if year not in ds.year.values:
-        raise TileError(f"year {year} is not in the store's years {list(ds.year.values)}")
+        raise TileError(f"year {year} is not in the store's years {[int(y) for y in ds.year.values]}")
+    if "polygons" not in ds["mining"].attrs:
+        name = store if not isinstance(store, xr.Dataset) else ds.attrs.get("store", "the store")
+        raise TileError(f"{name} has no mining mask yet: training needs one. Write it from mining polygons "
+                        f"with `miningxr ingest --store {name} ... --polygons FILE` or "
+                        f"`miningxr.write_mask({str(name)!r}, 'mines.gpkg')`")
     t = cfg.tile_size
     gslice = GridSlice.of_coords(ds)
     if gslice.row0 % t or gslice.col0 % t:

@@ -81,11 +81,14 @@ def test_invalid_geometry_is_repaired_and_reported(tmp_path, caplog):
     assert "repairing 1 invalid" in caplog.text
 
 
-def test_missing_columns_are_named(tmp_path):
-    gdf = gpd.GeoDataFrame({"name": ["x"]}, geometry=[Point(0, 0).buffer(1)], crs="EPSG:4326")
+def test_polygons_in_no_country_are_kept_with_an_empty_code_and_a_warning(tmp_path, caplog):
+    gdf = gpd.GeoDataFrame({"name": ["x"]}, geometry=[Point(0, 0).buffer(0.1)], crs="EPSG:4326")  # Gulf of Guinea
     gdf.to_file(tmp_path / "p.gpkg")
-    with pytest.raises(LabelError, match=r"lack column\(s\) \['ISO3_CODE', 'COUNTRY_NAME', 'AREA'\]"):
-        read_polygons(tmp_path / "p.gpkg")
+    got = read_polygons(tmp_path / "p.gpkg")
+    assert got.ISO3_CODE.isna().all() and got.AREA.iloc[0] > 100  # ~123 km2
+    assert "lie in no country" in caplog.text
+    with pytest.raises(LabelError, match="no polygon has ISO3_CODE 'ZAF'"):
+        read_polygons(tmp_path / "p.gpkg", country="ZAF")
 
 
 def test_unknown_layer_is_named(polygons_path):
@@ -110,3 +113,91 @@ def test_polygons_without_crs_are_refused():
                            geometry=[Point(0, 0).buffer(1)])
     with pytest.raises(LabelError, match="no CRS"):
         read_polygons(gdf)
+
+
+# --------------------------------------------------------------------------- real schemas
+
+
+@pytest.fixture(scope="module")
+def zaf_mines(shard_slice):
+    """Polygons of the synthetic mines in South Africa, in the grid CRS, with their true areas."""
+    from miningxr.sources.synthetic import mine_polygons
+
+    gdf = mine_polygons(shard_slice, 2020).to_crs(CRS_GRID.to_wkt())
+    gdf["true_km2"] = gdf.area / 1e6
+    return gdf
+
+
+def test_global_mining_polygons_v2_gpkg_is_read_as_is(tmp_path, zaf_mines):
+    """v1/v2: ISO3_CODE, COUNTRY_NAME, AREA (km2), FID, geometry column 'geom', EPSG:4326."""
+    path = tmp_path / "global_mining_polygons_v2.gpkg"
+    v2 = zaf_mines[["ISO3_CODE", "COUNTRY_NAME", "geometry"]].assign(AREA=12.5).to_crs("EPSG:4326")
+    v2.rename_geometry("geom").to_file(path, layer="mining_polygons")
+    got = read_polygons(path)
+    assert (got.AREA == 12.5).all() and got.attrs["derived"] == []  # the file's own AREA is kept
+    assert (got.ISO3_CODE == "ZAF").all() and got.crs == CRS_GRID
+
+
+def test_maus_tang_combined_set_without_area_gets_it_on_the_equal_area_grid(tmp_path, zaf_mines):
+    path = tmp_path / "mining_combined.gpkg"
+    zaf_mines[["ISO3_CODE", "COUNTRY_NAME", "geometry"]].to_crs("EPSG:4326").to_file(path)
+    got = read_polygons(path)
+    assert got.attrs["derived"] == ["AREA"]
+    np.testing.assert_allclose(got.AREA.to_numpy(), zaf_mines.true_km2.to_numpy(), rtol=1e-6)
+
+
+def test_tang_werner_shapefile_projected_without_country_gets_countries_by_spatial_join(tmp_path, zaf_mines):
+    """Tang & Werner: a shapefile, a projected CRS, no country and no AREA column."""
+    path = tmp_path / "74548_mine_polygons.shp"
+    tw = zaf_mines[["geometry"]].assign(id=np.arange(len(zaf_mines))).to_crs("ESRI:54009")  # World Mollweide
+    tw.to_file(path)
+    got = read_polygons(path, country="ZAF")
+    assert set(got.attrs["derived"]) == {"AREA", "ISO3_CODE", "COUNTRY_NAME"}
+    assert len(got) == len(zaf_mines) and (got.COUNTRY_NAME == "South Africa").all()
+    np.testing.assert_allclose(got.AREA.to_numpy(), zaf_mines.true_km2.to_numpy(), rtol=1e-4)
+    with pytest.raises(LabelError, match="codes present: \\['ZAF'\\]"):
+        read_polygons(path, country="BWA")
+
+
+def test_multi_layer_geopackage_needs_a_layer_and_reads_the_one_named(tmp_path, zaf_mines):
+    path = tmp_path / "several.gpkg"
+    zaf_mines.iloc[:2].to_file(path, layer="mines_2019")
+    zaf_mines.to_file(path, layer="mines_2020")
+    with pytest.raises(LabelError, match=r"has layers \['mines_2019', 'mines_2020'\].*--layer"):
+        read_polygons(path)
+    assert len(read_polygons(path, layer="mines_2020")) == len(zaf_mines)
+    with pytest.raises(LabelError, match="no layer 'mines'.*--layer"):
+        read_polygons(path, layer="mines")
+
+
+def test_a_column_mapping_reads_other_schemas(tmp_path, zaf_mines):
+    path = tmp_path / "other.gpkg"
+    other = zaf_mines[["geometry"]].assign(iso_a3="ZAF", area_km2=3.0)
+    other.to_file(path)
+    got = read_polygons(path, columns=["ISO3_CODE=iso_a3", "AREA=area_km2"], country="ZAF")
+    assert (got.AREA == 3.0).all() and (got.COUNTRY_NAME == "South Africa").all()
+    with pytest.raises(LabelError, match="not OURS=THEIRS"):
+        read_polygons(path, columns=["iso_a3"])
+    with pytest.raises(LabelError, match=r"lack; their columns are \['iso_a3', 'area_km2'\]"):
+        read_polygons(path, columns={"ISO3_CODE": "ISO"})
+
+
+def test_every_polygon_command_takes_layer_and_columns(tmp_path, client, zaf_mines, capsys):
+    from miningxr.cli import build_parser, main
+
+    sub = next(a for a in build_parser()._actions if hasattr(a, "choices") and a.choices and "ingest" in a.choices)
+    for cmd in ("ingest", "evaluate", "demo"):
+        opts = {o for a in sub.choices[cmd]._actions for o in a.option_strings}
+        if cmd != "demo":
+            assert {"--polygons", "--layer", "--columns"} <= opts, cmd
+    path = tmp_path / "several.gpkg"
+    zaf_mines.iloc[:1].to_file(path, layer="other")
+    zaf_mines.to_file(path, layer="mines")
+    store = tmp_path / "s.zarr"
+    bb = zaf_mines.to_crs("EPSG:4326").total_bounds
+    args = ["ingest", "--store", str(store), "--bbox", *map(str, bb), "--year", "2020", "--polygons", str(path), "-q"]
+    assert main(args) == 2 and "--layer" in capsys.readouterr().err
+    assert not store.exists()  # refused before anything was written
+    assert main([*args, "--layer", "mines"]) == 0
+    mask = open_store(store).mining
+    assert mask.attrs["polygons"] == "several.gpkg" and int(mask.sum()) > 0

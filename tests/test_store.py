@@ -63,14 +63,24 @@ def test_store_of_an_older_layout_is_refused(tmp_path):
         open_store(path)
 
 
-def test_years_out_of_order_and_apart_read_each_year_as_stored(store, shard_slice):
-    region = GridSlice(shard_slice.row0, shard_slice.row0 + 512, shard_slice.col0, shard_slice.col0 + 512)
-    ds = open_store(store, region=region, years=[2020, 2016, 2017])
-    one = open_store(store, region=region, years=2020)
+def test_years_out_of_order_and_apart_read_each_year_as_stored(tmp_path, client, shard_slice):
+    from miningxr import ingest, open_landsat
+    from miningxr.config import StoreLayout
+
+    region = GridSlice(shard_slice.row0, shard_slice.row0 + 256, shard_slice.col0, shard_slice.col0 + 256)
+    path = tmp_path / "years.zarr"
+    ingest(path, region, [2016, 2017, 2020], layout=StoreLayout(chunk=256, shard=256), progress=False)
+    ds = open_store(path, region=region, years=[2020, 2016, 2017])
     assert list(ds.year.values) == [2020, 2016, 2017]
-    assert np.array_equal(ds.landsat.sel(year=2020).values, one.landsat.sel(year=2020).values, equal_nan=True)
-    assert np.isnan(ds.landsat.sel(year=[2016, 2017]).values).all()  # never ingested
+    want = open_landsat(region, [2020, 2016, 2017])
+    np.testing.assert_array_equal(ds.landsat.values, want.landsat.values)
     assert ds.mining.dims == ("y", "x") and ds.rio.crs.to_epsg() == 6933
+
+
+def test_a_year_the_store_does_not_hold_is_refused_with_the_fix(store):
+    with pytest.raises(StoreError, match=r"holds no imagery for year\(s\) \[2016, 2017\]; it holds \[2020\]"
+                                         r".*--year 2016 2017"):
+        open_store(store, years=[2020, 2016, 2017])
 
 
 def test_year_outside_the_store_is_refused(store):

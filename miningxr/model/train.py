@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import TrainConfig
+from ..jsonio import write_json
 
 log = logging.getLogger("miningxr")
 
@@ -121,12 +121,14 @@ def train(store: str | os.PathLike, *, index: Any = None, config: TrainConfig | 
     t0 = time.perf_counter()
     cfg = config or TrainConfig()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file; give --out a folder for model.keras and the training logs")
     index = load_tile_index(store) if index is None else index
     stats = index.attrs["stats"]
     missing = [b for b in cfg.bands if b not in stats["bands"]]
     if missing:
         raise ValueError(f"config bands {missing} are not in the store's bands {stats['bands']}")
+    out.mkdir(parents=True, exist_ok=True)
     pos = [stats["bands"].index(b) for b in cfg.bands]
     model_stats = {"mean": [stats["mean"][i] for i in pos], "std": [stats["std"][i] for i in pos]}
     keras.utils.set_random_seed(cfg.seed)
@@ -158,8 +160,8 @@ def train(store: str | os.PathLike, *, index: Any = None, config: TrainConfig | 
         test = model.evaluate(test_ds, verbose=0, return_dict=True)
     test = {k: float(v) for k, v in test.items()}
     history = {k: [float(x) for x in v] for k, v in hist.history.items()}
-    (out / "train.json").write_text(json.dumps({"config": asdict(cfg), "test": test,
-                                                "epochs_run": len(history.get("loss", []))}, indent=2))
+    write_json({"config": asdict(cfg), "test": test, "epochs_run": len(history.get("loss", []))},
+               out / "train.json")
     result = TrainResult(model, best, history, test, time.perf_counter() - t0)
     # the metrics are the result (the CLI prints it); the log says what happened
     log.info("trained %d epoch(s) in %.0fs; best model saved to %s", len(history.get("loss", [])),

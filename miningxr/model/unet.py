@@ -96,8 +96,27 @@ def model_spec(model: keras.Model) -> TileSpec:
     return spec
 
 
+class ModelFileError(ValueError):
+    """A model file that is missing, damaged, or not a model miningxr wrote."""
+
+
 def load_model(path) -> keras.Model:
     """Load a ``.keras`` model in Keras safe mode (no arbitrary code from the file)."""
+    import zipfile
+    from pathlib import Path
+
     from .losses import custom_objects
 
-    return keras.saving.load_model(path, compile=False, safe_mode=True, custom_objects=custom_objects())
+    p = Path(path)
+    if not p.exists():
+        raise ModelFileError(f"model file {p} does not exist; train one with `miningxr train`")
+    if not p.is_file() or not zipfile.is_zipfile(p):
+        raise ModelFileError(f"{p} is not a .keras model file (a .keras file is a zip archive; this one "
+                             "is damaged or something else). Train one with `miningxr train`, or copy "
+                             "the file again if it was cut short")
+    try:
+        return keras.saving.load_model(p, compile=False, safe_mode=True, custom_objects=custom_objects())
+    except Exception as e:  # Keras raises ValueError, OSError, zipfile and h5py errors alike
+        raise ModelFileError(f"{p} cannot be loaded as a miningxr model ({type(e).__name__}: {e}); "
+                             "train one with `miningxr train`, or copy the file again if it was cut "
+                             "short") from None

@@ -18,6 +18,27 @@ from ._common import SourceError
 SOURCES = ("synthetic", "gee", "stac")
 
 
+def source_years(source: str, **options: Any) -> tuple[int, int]:
+    """The first and last year a source can serve (synthetic: its config's; gee and stac: from
+    the start of their archives to this year)."""
+    import datetime as _dt
+
+    if source == "synthetic":
+        from ..config import SyntheticConfig
+
+        cfg = options.get("config") or SyntheticConfig()
+        return int(cfg.first_year), int(cfg.last_year)
+    if source == "gee":
+        from .gee import FIRST_YEAR as GEE_FIRST
+
+        return GEE_FIRST, _dt.date.today().year
+    if source == "stac":
+        from .stac import FIRST_YEAR as STAC_FIRST
+
+        return STAC_FIRST, _dt.date.today().year
+    raise SourceError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
+
+
 def open_landsat(region: Any, year: int | Sequence[int], source: str = "synthetic", *,
                  chunks: int = 512, decode: bool = True, **options: Any) -> xr.Dataset:
     """Open Landsat annual composites for a region and year(s) as a lazy xarray cube.

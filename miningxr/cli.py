@@ -397,6 +397,8 @@ def reference() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        os.environ["MININGXR_TF_VERBOSE"] = "1"  # TensorFlow's own start-up lines too
     logfile = Path(args.out) / "miningxr.log" if args.command == "demo" else None
     _setup_logging(-1 if args.quiet else args.verbose, logfile)
     from .labels import LabelError

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from .config import ADD_OFFSET, BANDS, FILL_VALUE, SCALE_FACTOR, TrainConfig
+from .tfimport import import_tensorflow
 
 
 class LoaderError(ValueError):
@@ -308,7 +309,7 @@ def training_dataset(store: str | os.PathLike, index: Any = None, split: str = "
         Batches of float32 ``(batch, tile, tile, bands)`` standardized tiles and
         ``(batch, tile, tile, 1)`` masks of 0/1.
     """
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     from .store import store_layout
     from .tiles import load_tile_index
@@ -386,7 +387,7 @@ def dataset_from_arrays(x: np.ndarray, y: np.ndarray, mean: Sequence[float], std
     ``x`` holds int16 store numbers ``(n, bands, tile, tile)``, ``y`` 0/1 masks ``(n, 1, tile, tile)``
     (what :class:`ChunkReader` returns).
     """
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     cfg = config or TrainConfig()
     ds = tf.data.Dataset.from_tensor_slices((x, y))
@@ -430,7 +431,7 @@ def prepare_batch(dn, y, mean: Sequence[float], std: Sequence[float], *, augment
     contrast and brightness. The random draws happen here; the arithmetic runs in one
     XLA-compiled kernel (:func:`_prepare_kernel`).
     """
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     std = np.asarray(std, np.float64)
     a = tf.constant(SCALE_FACTOR / std, tf.float32)  # (dn * scale + offset - mean) / std == dn * a + b
@@ -453,7 +454,7 @@ def _prepare_kernel():
     the loader's CPU); fused it is one loop, 2.3x less CPU per tile. Flips are written as
     ``where(flag, reverse(x), x)`` so that every shape is static, as XLA needs.
     """
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     def symmetry(t, k):
         # k in 0..7: bit 2 swaps y and x, bit 0 flips y, bit 1 flips x -> all 8 symmetries
@@ -475,7 +476,7 @@ def _prepare_kernel():
 
 def _finish(tiles, cfg: TrainConfig, mean, std, batch_size: int, shuffle: bool, augment: bool,
             drop_remainder: bool, n_tiles: int):
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     if shuffle:
         tiles = tiles.shuffle(min(cfg.shuffle_buffer, max(n_tiles, 1)), seed=cfg.seed, reshuffle_each_iteration=True)

@@ -91,6 +91,12 @@ def check_store_path(path: str | os.PathLike, layout: StoreLayout | None = None)
         existing = store_layout(path)
         if layout is not None and layout != existing:
             raise StoreError(f"{path} already has layout {existing}, not {layout}; use another path")
+        try:
+            check_writable_folder(path / CATALOG.split("/")[0], what="x")
+        except StoreError:
+            raise StoreError(f"the store {path} is read-only here: it can be read (open_store, status, "
+                             "predict from it) but not added to; copy it to a writable place to ingest "
+                             "into it") from None
         return existing
     if path.exists() and any(path.iterdir()):
         raise StoreError(f"{path} exists and is not a miningxr store; choose an empty or new path")

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..config import TrainConfig
 from ..jsonio import write_json
+from ..tfimport import import_tensorflow
 
 log = logging.getLogger("miningxr")
 
@@ -49,7 +50,7 @@ def _precision(mixed: bool):
 
 
 def _strategy():
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     gpus = tf.config.list_logical_devices("GPU")
     # several GPUs: one replica each; otherwise the default (CPU or one GPU)

@@ -145,17 +145,17 @@ def read_polygons(path: str | os.PathLike | Any, *, country: str | None = None,
     empty = gdf.geometry.isna() | gdf.geometry.is_empty
     if empty.any():
         log.warning("dropping %d polygon(s) with empty geometry: row id(s) %s", int(empty.sum()),
-                    list(gdf.row_id[empty])[:20])
+                    gdf.row_id[empty].tolist()[:20])
         gdf = gdf[~empty]
     kinds = gdf.geom_type
     bad = ~kinds.isin(["Polygon", "MultiPolygon"])
     if bad.any():
         raise LabelError(f"{int(bad.sum())} geometr(y/ies) are not polygons ({sorted(set(kinds[bad]))}) at "
-                         f"row id(s) {list(gdf.row_id[bad])[:20]}; mining labels must be (multi)polygons")
+                         f"row id(s) {gdf.row_id[bad].tolist()[:20]}; mining labels must be (multi)polygons")
     invalid = ~gdf.geometry.is_valid
     if invalid.any():
         log.warning("repairing %d invalid polygon(s) with make_valid: row id(s) %s",
-                    int(invalid.sum()), list(gdf.row_id[invalid])[:20])
+                    int(invalid.sum()), gdf.row_id[invalid].tolist()[:20])
         fixed = gdf.geometry[invalid].make_valid()
         # make_valid can return collections with lines; keep the polygonal part
         gdf.loc[invalid, "geometry"] = fixed.apply(_polygonal)

@@ -352,3 +352,25 @@ def _walk(obj, depth=0):
 def test_an_unknown_preset_names_the_presets(stac_slice):
     with pytest.raises(SourceError, match="planetary-computer, earth-search"):
         open_landsat(stac_slice, 2020, source="stac", preset="usgs")
+
+
+def test_cli_presets_are_the_library_presets():
+    from miningxr.cli import _stac_presets
+    from miningxr.sources.stac import PRESETS
+
+    assert _stac_presets() == list(PRESETS)
+
+
+def test_cli_stac_preset_is_accepted_and_an_unreachable_catalog_is_a_clear_error(tmp_path, capsys):
+    from miningxr.cli import main
+
+    store = tmp_path / "s.zarr"
+    # the tests have no network: the preset's API cannot be reached, which must say so plainly
+    assert main(["ingest", "--store", str(store), "--bbox", "29.05", "-25.95", "29.06", "-25.94", "--year",
+                 "2020", "--source", "stac", "--stac-preset", "planetary-computer", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read STAC catalog https://planetarycomputer.microsoft.com/api/stac/v1" in err
+    assert "Traceback" not in err and not store.exists()
+    with pytest.raises(SystemExit, match="--stac-catalog and --stac-preset are for --source stac"):
+        main(["ingest", "--store", str(store), "--bbox", "29.05", "-25.95", "29.06", "-25.94", "--year",
+              "2020", "--stac-preset", "earth-search", "-q"])

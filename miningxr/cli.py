@@ -12,8 +12,6 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported anywhere
-
 log = logging.getLogger("miningxr")
 
 EPILOG = """\
@@ -204,7 +202,7 @@ def _region(args):
 
 def cmd_ingest(args) -> int:
     from .ingest import ingest
-    from .labels import check_polygon_file, parse_columns, read_polygons, write_mask
+    from .labels import parse_columns, read_polygons, write_mask
 
     cfg = _config(args)
     region = _region(args)
@@ -225,8 +223,7 @@ def cmd_ingest(args) -> int:
     columns = parse_columns(args.columns)
     shard_ids = None
     if args.polygons:
-        layer = check_polygon_file(args.polygons, args.layer)
-        gdf = read_polygons(args.polygons, country=args.country, layer=layer, columns=columns)
+        gdf = read_polygons(args.polygons, country=args.country, layer=args.layer, columns=columns)
         if args.country:
             from .grid import country_shards
 
@@ -323,16 +320,14 @@ def cmd_predict(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate, plot_map, plot_tiles
-    from .predict import open_predictions
-    from .store import open_store
-    from .tiles import load_tile_index
-
     from .jsonio import json_dumps
     from .labels import read_polygons
+    from .predict import open_predictions
+    from .store import check_output_folder, open_store
+    from .tiles import load_tile_index
 
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} is a file; give --out a folder for report.json and the PNGs")
+    check_output_folder(out, holds="report.json and the PNGs")
     polygons = None
     if args.polygons:
         polygons = read_polygons(args.polygons, layer=args.layer, columns=args.columns, require_columns=False)

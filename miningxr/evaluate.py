@@ -86,10 +86,7 @@ def evaluate(store: str | os.PathLike, predictions: Any, *, split: str = "test",
         if common is None:
             raise EvaluateError(f"the predictions cover {have.describe()}, the store {store} covers "
                                 f"{want.describe()}: they do not overlap. Predict the store's region")
-        pred = pred.isel(y=slice(common.row0 - have.row0, common.row1 - have.row0),
-                         x=slice(common.col0 - have.col0, common.col1 - have.col0))
-        ds = ds.isel(y=slice(common.row0 - want.row0, common.row1 - want.row0),
-                     x=slice(common.col0 - want.col0, common.col1 - want.col0))
+        pred, ds = pred.isel(common.within(have)), ds.isel(common.within(want))
     gslice = GridSlice.of_coords(pred)
     chunks = pred.data.chunks if pred.chunks else ((gslice.shape[0],), (gslice.shape[1],))
     truth = ds["mining"].data.rechunk(chunks) > 0

@@ -16,6 +16,7 @@ import numpy as np
 import xarray as xr
 
 from .grid import CRS_GRID, PIXEL_AREA_KM2
+from .labels import valid_polygons
 
 #: the mask GeoTIFF's nodata: pixels without a prediction (no imagery) are neither 0 nor 1
 MASK_NODATA = 255
@@ -60,23 +61,6 @@ def mine_polygons_from(prob: xr.DataArray, threshold: float = 0.5, min_pixels: i
     return out
 
 
-def valid_polygons(geoms):
-    """Every geometry valid: invalid ones repaired with ``make_valid``, keeping the polygonal part."""
-    import shapely
-    from shapely.geometry import MultiPolygon, Polygon
-
-    def fix(g):
-        if g is None or g.is_valid:
-            return g
-        g = shapely.make_valid(g)
-        if isinstance(g, (Polygon, MultiPolygon)):
-            return g
-        parts = [p for p in getattr(g, "geoms", []) if isinstance(p, (Polygon, MultiPolygon))]
-        return shapely.union_all(parts) if parts else None
-
-    return geoms.apply(fix)
-
-
 def export(prob: xr.DataArray, out_dir: str | os.PathLike, *, threshold: float = 0.5,
            min_pixels: int = 4) -> dict[str, Path]:
     """Write probability and mask COGs and a GeoPackage of predicted mine polygons.
@@ -98,24 +82,21 @@ def export(prob: xr.DataArray, out_dir: str | os.PathLike, *, threshold: float =
         Paths by kind: ``probability``, ``mask``, ``polygons``.
     """
     from .grid import GridSlice
-    from .store import StoreError, check_writable_folder
+    from .store import StoreError, check_output_folder
 
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise StoreError(f"{out} is a file; give --out a folder for the GeoTIFFs and the GeoPackage")
-    check_writable_folder(out, what=f"the exports in {out}")
+    check_output_folder(out, holds="the GeoTIFFs and the GeoPackage")
     prob = prob.compute()
     if not np.isfinite(prob.values).any():
         raise StoreError(f"the predictions hold no value over {GridSlice.of_coords(prob).describe()}: "
                          "nothing to export (predictions of another region or year?). Predict this "
                          "region first, or export the region the predictions cover")
     out.mkdir(parents=True, exist_ok=True)
-    nodata = MASK_NODATA
-    mask = xr.where(prob.isnull(), nodata, prob >= threshold).astype(np.uint8).rename("mining")
+    mask = xr.where(prob.isnull(), MASK_NODATA, prob >= threshold).astype(np.uint8).rename("mining")
     mask.attrs.update(flag_values=[0, 1], flag_meanings="other mining")
     paths = {
         "probability": to_cog(prob.astype(np.float32), out / "mining_probability.tif", nodata=np.nan),
-        "mask": to_cog(mask, out / "mining_mask.tif", nodata=nodata),
+        "mask": to_cog(mask, out / "mining_mask.tif", nodata=MASK_NODATA),
     }
     gdf = mine_polygons_from(prob, threshold, min_pixels)
     path = out / "mining_predicted.gpkg"

@@ -94,6 +94,11 @@ class GridSlice:
         c0, c1 = max(self.col0, other.col0), min(self.col1, other.col1)
         return GridSlice(r0, r1, c0, c1) if r0 < r1 and c0 < c1 else None
 
+    def within(self, outer: GridSlice) -> dict[str, slice]:
+        """``isel`` indexers that cut this slice out of an array on ``outer`` (which holds it)."""
+        return {"y": slice(self.row0 - outer.row0, self.row1 - outer.row0),
+                "x": slice(self.col0 - outer.col0, self.col1 - outer.col0)}
+
     def block_chunks(self, step: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Dask chunk sizes along y and x for blocks that start on multiples of ``step``."""
         return (tuple(np.diff(block_edges(self.row0, self.row1, step)).tolist()),

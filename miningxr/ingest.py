@@ -90,8 +90,6 @@ def ingest(store: str | Path, region: Any, years: int | Sequence[int], *, source
     # credentials leaves no store behind (on Earth Engine a late failure wastes hours)
     layout = check_store_path(store, layout)
     years = [int(years)] if np.isscalar(years) else [int(y) for y in years]  # type: ignore[arg-type]
-    if not years:
-        raise StoreError("no year given; pass one or more years (--year 2020)")
     first, last = source_years(source, **(source_options or {}))
     lo, hi = max(first, layout.first_year), min(last, layout.last_year)
     bad = [y for y in years if not lo <= y <= hi]

@@ -156,9 +156,7 @@ def read_polygons(path: str | os.PathLike | Any, *, country: str | None = None,
     if invalid.any():
         log.warning("repairing %d invalid polygon(s) with make_valid: row id(s) %s",
                     int(invalid.sum()), gdf.row_id[invalid].tolist()[:20])
-        fixed = gdf.geometry[invalid].make_valid()
-        # make_valid can return collections with lines; keep the polygonal part
-        gdf.loc[invalid, "geometry"] = fixed.apply(_polygonal)
+        gdf["geometry"] = valid_polygons(gdf.geometry)
         gdf = gdf[~(gdf.geometry.isna() | gdf.geometry.is_empty)]
     gdf = gdf.to_crs(CRS_GRID.to_wkt())
     derived = []
@@ -169,9 +167,10 @@ def read_polygons(path: str | os.PathLike | Any, *, country: str | None = None,
         gdf = _join_countries(gdf)
         derived += ["ISO3_CODE", "COUNTRY_NAME"]
     elif "ISO3_CODE" in gdf.columns and "COUNTRY_NAME" not in gdf.columns:
-        from .grid import country_name
+        from .grid import country_table
 
-        gdf["COUNTRY_NAME"] = [country_name(str(c)) if c else None for c in gdf["ISO3_CODE"]]
+        table = country_table()
+        gdf["COUNTRY_NAME"] = gdf["ISO3_CODE"].map(dict(zip(table["ISO3_CODE"], table["COUNTRY_NAME"])))
         derived.append("COUNTRY_NAME")
     if derived:
         log.info("%s: derived column(s) %s", name, derived)
@@ -214,17 +213,22 @@ def _join_countries(gdf):
     return out
 
 
-def _polygonal(geom):
+def valid_polygons(geoms):
+    """A GeoSeries with every geometry valid: invalid ones are repaired with ``make_valid``,
+    keeping the polygonal part (make_valid may return a collection with lines or points)."""
+    import shapely
     from shapely.geometry import MultiPolygon, Polygon
 
-    if geom is None or isinstance(geom, (Polygon, MultiPolygon)):
-        return geom
-    parts = [g for g in getattr(geom, "geoms", []) if isinstance(g, (Polygon, MultiPolygon))]
-    if not parts:
-        return None
-    from shapely.ops import unary_union
+    def fix(g):
+        if g is None or g.is_valid:
+            return g
+        g = shapely.make_valid(g)
+        if isinstance(g, (Polygon, MultiPolygon)):
+            return g
+        parts = [p for p in getattr(g, "geoms", []) if isinstance(p, (Polygon, MultiPolygon))]
+        return shapely.union_all(parts) if parts else None
 
-    return unary_union(parts)
+    return geoms.apply(fix)
 
 
 def _file_checksum(path: Path) -> str:

@@ -91,12 +91,10 @@ def check_store_path(path: str | os.PathLike, layout: StoreLayout | None = None)
         existing = store_layout(path)
         if layout is not None and layout != existing:
             raise StoreError(f"{path} already has layout {existing}, not {layout}; use another path")
-        try:
-            check_writable_folder(path / CATALOG.split("/")[0], what="x")
-        except StoreError:
+        if _write_error(path / CATALOG.split("/")[0]) is not None:
             raise StoreError(f"the store {path} is read-only here: it can be read (open_store, status, "
                              "predict from it) but not added to; copy it to a writable place to ingest "
-                             "into it") from None
+                             "into it")
         return existing
     if path.exists() and any(path.iterdir()):
         raise StoreError(f"{path} exists and is not a miningxr store; choose an empty or new path")
@@ -105,21 +103,36 @@ def check_store_path(path: str | os.PathLike, layout: StoreLayout | None = None)
 
 
 def check_writable_folder(folder: str | os.PathLike, *, what: str) -> None:
-    """Refuse, with the fix, a folder in which this process cannot create files (tried for real:
-    permission bits say nothing of read-only mounts, and root ignores them)."""
+    """Refuse, with the fix, a folder in which this process cannot create files."""
+    err = _write_error(folder)
+    if err is not None:
+        raise StoreError(f"cannot create {what}: {err}")
+
+
+def check_output_folder(folder: str | os.PathLike, *, holds: str) -> None:
+    """Refuse an output folder (``--out``) that is a file or cannot be written, before any work."""
     folder = Path(folder)
-    probe = folder
+    if folder.exists() and not folder.is_dir():
+        raise StoreError(f"{folder} is a file; give --out a folder for {holds}")
+    check_writable_folder(folder, what=f"{holds} in {folder}")
+
+
+def _write_error(folder: str | os.PathLike) -> str | None:
+    """Why files cannot be created in ``folder`` (or the nearest existing folder above it), or
+    None when they can. Tried for real: permission bits say nothing of read-only mounts or the
+    immutable attribute, and root ignores them."""
+    probe = Path(folder)
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
-        raise StoreError(f"cannot create {what}: {probe} is a file, not a folder")
+        return f"{probe} is a file, not a folder"
     try:
         fd, name = tempfile.mkstemp(prefix=".miningxr-write-test-", dir=probe)
         os.close(fd)
         os.unlink(name)
     except OSError as e:
-        raise StoreError(f"cannot create {what}: {probe} is not writable ({e.strerror}); choose a "
-                         "folder you can write to") from None
+        return f"{probe} is not writable ({e.strerror}); choose a folder you can write to"
+    return None
 
 
 def imagery_codec() -> BloscCodec:
@@ -459,6 +472,12 @@ def _owner_alive(owner: str | None) -> bool:
     return True
 
 
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS shards (variable TEXT, year INTEGER, shard_row INTEGER,"
+           " shard_col INTEGER, state TEXT NOT NULL, source TEXT, owner TEXT, error TEXT,"
+           " attempts INTEGER NOT NULL DEFAULT 0, updated REAL,"
+           " PRIMARY KEY (variable, year, shard_row, shard_col))")
+
+
 class Catalog:
     """The SQLite record of every shard of a store: pending, running, done or failed.
 
@@ -479,11 +498,7 @@ class Catalog:
             self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA busy_timeout=60000")
-            self.db.execute(
-                "CREATE TABLE IF NOT EXISTS shards (variable TEXT, year INTEGER, shard_row INTEGER,"
-                " shard_col INTEGER, state TEXT NOT NULL, source TEXT, owner TEXT, error TEXT,"
-                " attempts INTEGER NOT NULL DEFAULT 0, updated REAL,"
-                " PRIMARY KEY (variable, year, shard_row, shard_col))")
+            self.db.execute(_SCHEMA)
         except (sqlite3.OperationalError, PermissionError, OSError) as e:
             raise StoreError(f"the store {store} cannot be written ({e}): it is read-only here. Read it "
                              "as it is, or copy it to a writable place to add to it") from None
@@ -496,9 +511,8 @@ class Catalog:
         locks, which is right for a store that nobody writes there.
         """
         if not self.path.exists():
-            db = sqlite3.connect(":memory:", isolation_level=None)
-            db.execute("CREATE TABLE shards (variable TEXT, year INTEGER, shard_row INTEGER, shard_col INTEGER,"
-                       " state TEXT, source TEXT, owner TEXT, error TEXT, attempts INTEGER, updated REAL)")
+            db = sqlite3.connect(":memory:", isolation_level=None)  # a store with no catalog yet
+            db.execute(_SCHEMA)
             return db
         uri = self.path.resolve().as_uri()
         try:

@@ -115,6 +115,7 @@ def train(store: str | os.PathLike, *, index: Any = None, config: TrainConfig | 
     import keras
 
     from ..loader import training_dataset
+    from ..store import check_output_folder
     from ..tiles import load_tile_index
     from .losses import get_loss, metrics
     from .unet import build_unet
@@ -122,8 +123,7 @@ def train(store: str | os.PathLike, *, index: Any = None, config: TrainConfig | 
     t0 = time.perf_counter()
     cfg = config or TrainConfig()
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} is a file; give --out a folder for model.keras and the training logs")
+    check_output_folder(out, holds="model.keras and the training logs")
     index = load_tile_index(store) if index is None else index
     stats = index.attrs["stats"]
     missing = [b for b in cfg.bands if b not in stats["bands"]]

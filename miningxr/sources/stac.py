@@ -177,11 +177,11 @@ def search_items(catalog: str | Path, bbox_lonlat: Sequence[float], years: Seque
 
 def mission(item: Any) -> str | None:
     """The Landsat mission of an item, ``"landsat-8"`` style: from ``platform``, else its id."""
-    props = item.properties if hasattr(item, "properties") else item.get("properties", {})
+    props = item.properties
     platform = str(props.get("platform") or props.get("eo:platform") or "").lower().replace("_", "-")
     if platform.startswith("landsat-") and platform[8:].isdigit():
         return f"landsat-{int(platform[8:])}"
-    ident = str(item.id if hasattr(item, "id") else item.get("id", ""))
+    ident = str(item.id)
     # Collection 2 product ids: LXSS_..., e.g. LE07_L2SP_..., LT05_..., LC08_...
     if len(ident) >= 4 and ident[0] == "L" and ident[2:4].isdigit():
         return f"landsat-{int(ident[2:4])}"
@@ -192,8 +192,7 @@ def _absolute_href(item: Any, key: str) -> str:
     """An asset's href resolved against the item's own location (static catalogs store them
     relative, e.g. ``./LC08_..._SR_B5.TIF``, as stactools and pystac's SELF_CONTAINED write them)."""
     asset = item.assets[key]
-    href = asset.get_absolute_href() if hasattr(asset, "get_absolute_href") else None
-    return str(href or asset.href)
+    return str(asset.get_absolute_href() or asset.href)
 
 
 def prepare_items(items: Sequence, assets: Mapping[str, str] | None = None, *,

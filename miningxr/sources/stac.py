@@ -303,7 +303,7 @@ def open_stac(region: Any, years: int | Sequence[int], *, catalog: str | Path | 
         by_year.setdefault(acquired(item).year, []).append(item)
     absent = [y for y in yrs if not by_year.get(y)]
     if absent:
-        raise SourceError(f"no STAC scene over {gslice} in year(s) {absent} "
+        raise SourceError(f"no STAC scene over {gslice.describe()} in year(s) {absent} "
                           f"(catalog {catalog or 'items given'}); pick years with scenes, or check "
                           "the collection name and the catalog's coverage")
     sign = _signer(pre)

@@ -48,11 +48,22 @@ def _best_in_turns(fns: dict, rounds: int = 5) -> dict:
 def _result(name, ours, base, unit, target, higher_is_better=True, note=""):
     ratio = ours / base if higher_is_better else base / ours
     # target None: a figure for context, not a promise
-    r = {"name": name, "ours": ours, "baseline": base, "unit": unit, "ratio": ratio, "target": target,
-         "meets_target": None if target is None else ratio >= target, "note": note}
+    r = {
+        "name": name,
+        "ours": ours,
+        "baseline": base,
+        "unit": unit,
+        "ratio": ratio,
+        "target": target,
+        "meets_target": None if target is None else ratio >= target,
+        "note": note,
+    }
     goal = "no target" if target is None else f"target >= {target}"
-    print(f"{name}: ours {ours:.1f} {unit}, baseline {base:.1f} {unit}, ratio {ratio:.2f} ({goal})"
-          + (f"  [{note}]" if note else ""), flush=True)
+    print(
+        f"{name}: ours {ours:.1f} {unit}, baseline {base:.1f} {unit}, ratio {ratio:.2f} ({goal})"
+        + (f"  [{note}]" if note else ""),
+        flush=True,
+    )
     return r
 
 
@@ -74,15 +85,28 @@ def bench_ingest(work: Path, region):
 
     def raw():
         arr = open_synthetic(region, 2020, decode=False, chunks=2048).landsat.data
-        z = zarr.create_array(work / "raw.zarr", shape=arr.shape, chunks=(1, 7, 512, 512), shards=(1, 7, 2048, 2048),
-                              dtype="int16", compressors=imagery_codec(), overwrite=True)
+        z = zarr.create_array(
+            work / "raw.zarr",
+            shape=arr.shape,
+            chunks=(1, 7, 512, 512),
+            shards=(1, 7, 2048, 2048),
+            dtype="int16",
+            compressors=imagery_codec(),
+            overwrite=True,
+        )
         arr.store(z, lock=False)
 
     t = _best_in_turns({"ours": ours, "raw": raw}, rounds=4)
     t_ours, t_raw = t["ours"], t["raw"]
     px = region.shape[0] * region.shape[1] / 1e6
-    return _result("ingest vs raw zarr write", px / t_ours, px / t_raw, "Mpx/s", 0.8,
-                   note="same synthetic pixels, layout and codec; ours adds the catalog and atomic shard writes")
+    return _result(
+        "ingest vs raw zarr write",
+        px / t_ours,
+        px / t_raw,
+        "Mpx/s",
+        0.8,
+        note="same synthetic pixels, layout and codec; ours adds the catalog and atomic shard writes",
+    )
 
 
 def bench_masks(store: Path, polygons: Path, region, shards: int = 4):
@@ -102,14 +126,24 @@ def bench_masks(store: Path, polygons: Path, region, shards: int = 4):
 
     def one(ds, gdf, note, target):
         # shard-sized blocks, as write_mask burns them (one task per shard)
-        t = _best_in_turns({"ours": lambda: miningxr.mining_mask(ds, gdf).compute(),
-                            "raw": lambda: features.rasterize(gdf.geometry, out_shape=ds.mining.shape,
-                                                              transform=ds.odc.geobox.affine, dtype=np.uint8)})
+        t = _best_in_turns(
+            {
+                "ours": lambda: miningxr.mining_mask(ds, gdf).compute(),
+                "raw": lambda: features.rasterize(
+                    gdf.geometry, out_shape=ds.mining.shape, transform=ds.odc.geobox.affine, dtype=np.uint8
+                ),
+            }
+        )
         px = ds.mining.size / 1e6
         shape = f"{ds.mining.shape[0]}x{ds.mining.shape[1]}"
-        return _result(f"masks (map_blocks) vs whole-array rasterize, {note}", px / t["ours"], px / t["raw"],
-                       "Mpx/s", target, note=f"{shape} px, {len(gdf)} polygons, shard-sized blocks as write_mask "
-                                          "runs them")
+        return _result(
+            f"masks (map_blocks) vs whole-array rasterize, {note}",
+            px / t["ours"],
+            px / t["raw"],
+            "Mpx/s",
+            target,
+            note=f"{shape} px, {len(gdf)} polygons, shard-sized blocks as write_mask runs them",
+        )
 
     ds = miningxr.open_store(store, chunks=2048)
     # on one shard the ratio mostly measures Dask's fixed cost per compute (~15 ms with a
@@ -117,8 +151,12 @@ def bench_masks(store: Path, polygons: Path, region, shards: int = 4):
     results = [one(ds, miningxr.read_polygons(polygons), "one shard", None)]
     # a bigger region on the same grid: only its coordinates are needed to burn masks
     big = GridSlice(region.row0, region.row0 + shards * 2048, region.col0, region.col0 + shards * 2048)
-    ds = xr.Dataset(coords=big.coords()).assign(mining=(("y", "x"), da.zeros(big.shape, np.uint8, chunks=2048)))
-    results.append(one(ds, miningxr.read_polygons(mine_polygons(big, 2020)), f"{shards}x{shards} shards", 0.5))
+    ds = xr.Dataset(coords=big.coords()).assign(
+        mining=(("y", "x"), da.zeros(big.shape, np.uint8, chunks=2048))
+    )
+    results.append(
+        one(ds, miningxr.read_polygons(mine_polygons(big, 2020)), f"{shards}x{shards} shards", 0.5)
+    )
     return results
 
 
@@ -162,11 +200,13 @@ def bench_loader(store: Path, epochs: int = 8):
 
     reader = ChunkReader(str(store), int(index.attrs["year"]), cfg.bands, cfg.tile_size, 512)
     origins, flags = _chunk_table(index, 512, cfg.tile_size)
-    parts = [reader(int(o[0]), int(o[1]), f) for o, f in zip(origins, flags)]
+    parts = [reader(int(o[0]), int(o[1]), f) for o, f in zip(origins, flags, strict=True)]
     xs, ys = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     makers = {
         "ours": lambda: miningxr.training_dataset(store, index, "train", config=cfg, repeat=True),
-        "same": lambda: miningxr.training_dataset(store, index, "train", config=cfg, repeat=True, in_memory=True),
+        "same": lambda: miningxr.training_dataset(
+            store, index, "train", config=cfg, repeat=True, in_memory=True
+        ),
         "plain": lambda: dataset_from_arrays(xs, ys, stats["mean"], stats["std"], config=cfg, repeat=True),
     }
     # best of 3 fresh pipelines each, run in turn (ours, same, plain, ours, ...): the speed of
@@ -190,18 +230,38 @@ def bench_loader(store: Path, epochs: int = 8):
             break
     xb = k / (time.perf_counter() - t0)
     what = f"{epochs} epochs of {len(index)} tiles, batch {cfg.batch_size}, shuffle + augment"
-    return [_result("loader vs the same pipeline from in-memory numpy", ours, same, "tiles/s", 0.7,
-                    note=what + "; baseline: training_dataset(in_memory=True)"),
-            _result("loader vs plain tf.data over in-memory tiles", ours, plain, "tiles/s", None,
-                    note="from_tensor_slices + shuffle + batch + the same normalize/augment"),
-            _result("loader vs xbatcher BatchGenerator", ours, xb, "tiles/s", 50,
-                    note="xbatcher: one 64x64 (band, y, x) tile per step from the same store")]
+    return [
+        _result(
+            "loader vs the same pipeline from in-memory numpy",
+            ours,
+            same,
+            "tiles/s",
+            0.7,
+            note=what + "; baseline: training_dataset(in_memory=True)",
+        ),
+        _result(
+            "loader vs plain tf.data over in-memory tiles",
+            ours,
+            plain,
+            "tiles/s",
+            None,
+            note="from_tensor_slices + shuffle + batch + the same normalize/augment",
+        ),
+        _result(
+            "loader vs xbatcher BatchGenerator",
+            ours,
+            xb,
+            "tiles/s",
+            50,
+            note="xbatcher: one 64x64 (band, y, x) tile per step from the same store",
+        ),
+    ]
 
 
 def bench_predict(store: Path, model_path: Path):
     """predict (apply_ufunc over blocks) vs raw model.predict on the same tiles in memory."""
     import miningxr
-    from miningxr.loader import normalize
+    from miningxr.encoding import normalize
     from miningxr.model.unet import load_model, model_spec
 
     ds = miningxr.open_store(store).isel(y=slice(0, 1024), x=slice(0, 1024))
@@ -211,13 +271,19 @@ def bench_predict(store: Path, model_path: Path):
     tiles = x.reshape(16, 64, 16, 64, 7).transpose(0, 2, 1, 3, 4).reshape(-1, 64, 64, 7)
     model.predict(tiles[:64], batch_size=64, verbose=0)
     miningxr.predict(ds, model_path, overlap=0).compute()
-    t = _best_in_turns({"raw": lambda: model.predict(tiles, batch_size=64, verbose=0),
-                        "ours": lambda: miningxr.predict(ds, model_path, overlap=0).compute(scheduler="threads")})
+    t = _best_in_turns(
+        {
+            "raw": lambda: model.predict(tiles, batch_size=64, verbose=0),
+            "ours": lambda: miningxr.predict(ds, model_path, overlap=0).compute(scheduler="threads"),
+        }
+    )
     t_raw, t0 = t["raw"], t["ours"]
     t16 = _best(lambda: miningxr.predict(ds, model_path, overlap=16).compute(scheduler="threads"), 2)
     n = len(tiles)
-    return [_result("predict overlap=0 vs raw model.predict", n / t0, n / t_raw, "tiles/s", 0.85),
-            _result("predict overlap=16 vs overlap=0 (cost of overlap)", n / t16, n / t0, "tiles/s", 0.4)]
+    return [
+        _result("predict overlap=0 vs raw model.predict", n / t0, n / t_raw, "tiles/s", 0.85),
+        _result("predict overlap=16 vs overlap=0 (cost of overlap)", n / t16, n / t0, "tiles/s", 0.4),
+    ]
 
 
 def bench_demo(work: Path, budget_s: float = 180.0):
@@ -229,8 +295,15 @@ def bench_demo(work: Path, budget_s: float = 180.0):
     assert cli(["demo", "--out", str(out), "-q"]) == 0
     seconds = time.perf_counter() - t0
     iou = json.loads((out / "report.json").read_text())["iou"]
-    return _result("demo wall time vs its 3-minute budget", seconds, budget_s, "s", 1.0,
-                   higher_is_better=False, note=f"test-split IoU {iou:.3f}; ratio = budget / ours")
+    return _result(
+        "demo wall time vs its 3-minute budget",
+        seconds,
+        budget_s,
+        "s",
+        1.0,
+        higher_is_better=False,
+        note=f"test-split IoU {iou:.3f}; ratio = budget / ours",
+    )
 
 
 def main(argv=None) -> int:
@@ -252,8 +325,12 @@ def main(argv=None) -> int:
     region = Region.from_bbox((LON, LAT, LON + 1e-4, LAT + 1e-4)).slice(2048)
     results = []
     t_all = time.perf_counter()
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=os.cpu_count(), processes=False,
-                                  dashboard_address=":0") as cluster, distributed.Client(cluster):
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=os.cpu_count(), processes=False, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster),
+    ):
         store = work / "s.zarr"
         miningxr.ingest(store, region, 2020, progress=False)
         mine_polygons(region, 2020).to_file(work / "mines.gpkg", layer="mining_polygons")
@@ -274,9 +351,15 @@ def main(argv=None) -> int:
     meta = {"cpus": os.cpu_count(), "python": sys.version.split()[0], "seconds": time.perf_counter() - t_all}
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     lines = ["| benchmark | ours | baseline | unit | ratio | target | ok |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['name']} | {r['ours']:.1f} | {r['baseline']:.1f} | {r['unit']} | {r['ratio']:.2f} | "
-              + ("- | - |" if r["target"] is None else
-                 f">= {r['target']} | {'yes' if r['meets_target'] else 'NO'} |") for r in results]
+    lines += [
+        f"| {r['name']} | {r['ours']:.1f} | {r['baseline']:.1f} | {r['unit']} | {r['ratio']:.2f} | "
+        + (
+            "- | - |"
+            if r["target"] is None
+            else f">= {r['target']} | {'yes' if r['meets_target'] else 'NO'} |"
+        )
+        for r in results
+    ]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"total {meta['seconds']:.0f}s; wrote {out}/results.json and results.md")

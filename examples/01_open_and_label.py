@@ -47,7 +47,8 @@ print("CRS:", ds.rio.crs)
 year = ds.sel(year=2020)
 rgb = false_colour(year.landsat)
 ndvi = (year.landsat.sel(band="nir") - year.landsat.sel(band="red")) / (
-    year.landsat.sel(band="nir") + year.landsat.sel(band="red"))
+    year.landsat.sel(band="nir") + year.landsat.sel(band="red")
+)
 fig, ax = plt.subplots(1, 2, figsize=(11, 4))
 ax[0].imshow(rgb)
 ax[0].set_title("SWIR2-NIR-red, 2020")
@@ -72,5 +73,5 @@ mask.plot.imshow(cmap="Greys", add_colorbar=False)
 # ## Mines grow: compare two years
 
 # %%
-grown = (ds.landsat.sel(band="swir1", year=2020) - ds.landsat.sel(band="swir1", year=2015))
+grown = ds.landsat.sel(band="swir1", year=2020) - ds.landsat.sel(band="swir1", year=2015)
 grown.plot.imshow(cmap="RdBu_r", center=0, figsize=(6, 4))

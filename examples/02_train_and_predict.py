@@ -69,7 +69,7 @@ metrics = miningxr.evaluate(store, prob, split="test")
 
 # %%
 plot_map(ds.isel(year=0), prob, work / "map.png", index=index)
-from IPython.display import Image  # noqa: E402
+from IPython.display import Image
 
 Image(str(work / "map.png"))
 

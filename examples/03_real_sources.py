@@ -32,8 +32,13 @@ ds  # lazy: one computePixels request per band, year and 1024x1024 block when co
 
 # %%
 bbox = (29.0, -26.1, 29.3, -25.8)
-ds = miningxr.open_landsat(bbox, 2020, source="stac", preset="planetary-computer",  # signed URLs
-                           query={"eo:cloud_cover": {"lt": 60}})
+ds = miningxr.open_landsat(
+    bbox,
+    2020,
+    source="stac",
+    preset="planetary-computer",  # signed URLs
+    query={"eo:cloud_cover": {"lt": 60}},
+)
 ds
 # preset="earth-search" reads requester-pays S3 (needs AWS credentials); a static catalog on
 # disk: catalog="path/to/catalog.json". Years before 2013 mix Landsat 5 and 7: handled per scene.

@@ -4,50 +4,126 @@
 >>> ds = miningxr.open_landsat((29.0, -26.0, 29.05, -25.95), 2020)   # synthetic by default
 >>> ds.landsat.dims
 ('year', 'band', 'y', 'x')
+
+Training and model building need TensorFlow (``pip install 'miningxr[tf]'``); they are imported
+on first use, so ``import miningxr`` stays light.
 """
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _dist_version
+from typing import TYPE_CHECKING, Any
 
 import odc.geo.xr  # noqa: F401  (registers the .odc accessor on xarray objects)
 import rioxarray  # noqa: F401  (registers the .rio accessor: CRS and transform of every output)
 
 from .config import BANDS, Config, PredictConfig, StoreLayout, SyntheticConfig, TileConfig, TrainConfig
+from .errors import (
+    ConfigError,
+    EvaluateError,
+    LabelError,
+    LoaderError,
+    MiningxrError,
+    MissingDependencyError,
+    ModelError,
+    ModelFileError,
+    ModelMismatchError,
+    RegionError,
+    SourceError,
+    StoreError,
+    TileError,
+    UsageError,
+    YearError,
+)
 from .evaluate import evaluate
 from .export import export
 from .grid import GLOBAL_GEOBOX, GridSlice, Region
-from .ingest import IngestReport, ingest
+from .ingest import ingest
 from .labels import mining_mask, read_polygons, write_mask
-from .predict import ModelMismatchError, open_predictions, predict, write_predictions
+from .loader import training_dataset
+from .predict import open_predictions, predict, write_predictions
+from .shards import IngestReport, status
 from .sources import open_landsat
-from .store import StoreError, open_store, status
+from .store import open_store
 from .tiles import load_tile_index, tile_index
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:
+    from .model.train import TrainResult, train
+    from .model.unet import build_unet
+
+try:
+    __version__ = _dist_version("miningxr")  # the one place it is written: pyproject.toml
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
+
+#: public names whose modules import TensorFlow: loaded on first use (PEP 562)
+_LAZY = {
+    "build_unet": "miningxr.model.unet",
+    "train": "miningxr.model.train",
+    "TrainResult": "miningxr.model.train",
+}
 
 
-def training_dataset(*args, **kwargs):
-    """See :func:`miningxr.loader.training_dataset` (imports TensorFlow on first use)."""
-    from .loader import training_dataset as _training_dataset
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from .tfimport import import_tensorflow
 
-    return _training_dataset(*args, **kwargs)
-
-
-def build_unet(*args, **kwargs):
-    """See :func:`miningxr.model.unet.build_unet` (imports TensorFlow on first use)."""
-    from .model.unet import build_unet as _build_unet
-
-    return _build_unet(*args, **kwargs)
+        import_tensorflow()  # a clear "install miningxr[tf]" when TensorFlow is missing
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'miningxr' has no attribute {name!r}")
 
 
-def train(*args, **kwargs):
-    """See :func:`miningxr.model.train.train` (imports TensorFlow on first use)."""
-    from .model.train import train as _train
-
-    return _train(*args, **kwargs)
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [
-    "BANDS", "Config", "GLOBAL_GEOBOX", "GridSlice", "IngestReport", "ModelMismatchError", "PredictConfig",
-    "Region", "StoreError", "StoreLayout", "SyntheticConfig", "TileConfig", "TrainConfig", "build_unet",
-    "evaluate", "export", "ingest", "load_tile_index", "mining_mask", "open_landsat", "open_predictions",
-    "open_store", "predict", "read_polygons", "status", "tile_index", "train", "training_dataset",
-    "write_mask", "write_predictions",
+    "BANDS",
+    "GLOBAL_GEOBOX",
+    "Config",
+    "ConfigError",
+    "EvaluateError",
+    "GridSlice",
+    "IngestReport",
+    "LabelError",
+    "LoaderError",
+    "MiningxrError",
+    "MissingDependencyError",
+    "ModelError",
+    "ModelFileError",
+    "ModelMismatchError",
+    "PredictConfig",
+    "Region",
+    "RegionError",
+    "SourceError",
+    "StoreError",
+    "StoreLayout",
+    "SyntheticConfig",
+    "TileConfig",
+    "TileError",
+    "TrainConfig",
+    "TrainResult",
+    "UsageError",
+    "YearError",
+    "build_unet",
+    "evaluate",
+    "export",
+    "ingest",
+    "load_tile_index",
+    "mining_mask",
+    "open_landsat",
+    "open_predictions",
+    "open_store",
+    "predict",
+    "read_polygons",
+    "status",
+    "tile_index",
+    "train",
+    "training_dataset",
+    "write_mask",
+    "write_predictions",
 ]

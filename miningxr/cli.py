@@ -10,7 +10,29 @@ import contextlib
 import logging
 import os
 import sys
+import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, get_args
+
+import distributed
+
+from . import __version__
+from .cluster import dask_client
+from .config import Config, Loss, LrSchedule, TrainConfig
+from .errors import MiningxrError, UsageError
+from .evaluate import SPLITS, evaluate, plot_map, plot_tiles
+from .export import export
+from .grid import Region, country_shards
+from .ingest import ingest
+from .jsonio import json_dumps
+from .labels import parse_columns, read_polygons, write_mask
+from .predict import open_predictions, predict, write_predictions
+from .shards import failures, status
+from .sources import SOURCES
+from .sources.stac import PRESETS
+from .store import check_output_folder, open_store, store_layout
+from .tiles import load_tile_index, tile_index
 
 log = logging.getLogger("miningxr")
 
@@ -52,26 +74,40 @@ def _setup_logging(verbose: int, logfile: Path | None = None) -> None:
 
 def _region_args(p: argparse.ArgumentParser, polygons: bool = False) -> None:
     g = p.add_argument_group("region (one of)")
-    g.add_argument("--bbox", nargs=4, type=float, metavar=("MINLON", "MINLAT", "MAXLON", "MAXLAT"),
-                   help="a lon/lat box (EPSG:4326 degrees)")
+    g.add_argument(
+        "--bbox",
+        nargs=4,
+        type=float,
+        metavar=("MINLON", "MINLAT", "MAXLON", "MAXLAT"),
+        help="a lon/lat box (EPSG:4326 degrees)",
+    )
     g.add_argument("--country", metavar="ISO3", help="an ISO 3166-1 alpha-3 code, e.g. ZAF")
     if polygons:
-        _polygon_args(p, "mining polygons; with --country, ingest the shards around that country's "
-                         "mines (plus sampled mine-free shards) and rasterize the masks")
+        _polygon_args(
+            p,
+            "mining polygons; with --country, ingest the shards around that country's "
+            "mines (plus sampled mine-free shards) and rasterize the masks",
+        )
 
 
 def _polygon_args(p: argparse.ArgumentParser, help: str) -> None:
     g = p.add_argument_group("mining polygons")
     g.add_argument("--polygons", metavar="FILE", help=help + " (GeoPackage, shapefile, any OGR format)")
     g.add_argument("--layer", metavar="NAME", help="the layer of --polygons to read (files with several)")
-    g.add_argument("--columns", nargs="+", metavar="OURS=THEIRS",
-                   help="the file's names for our columns ISO3_CODE, COUNTRY_NAME, AREA, e.g. "
-                        "--columns ISO3_CODE=iso_a3 AREA=area_km2; missing AREA and country columns "
-                        "are derived")
+    g.add_argument(
+        "--columns",
+        nargs="+",
+        metavar="OURS=THEIRS",
+        help="the file's names for our columns ISO3_CODE, COUNTRY_NAME, AREA, e.g. "
+        "--columns ISO3_CODE=iso_a3 AREA=area_km2; missing AREA and country columns "
+        "are derived",
+    )
 
 
 _LOCAL_CLUSTER_HELP = "Dask scheduler address (tcp://host:8786); default: a new LocalCluster"
-_THREADS_HELP = "run on this Dask cluster (tcp://host:8786, or 'local'); default: Dask's threads in this process"
+_THREADS_HELP = (
+    "run on this Dask cluster (tcp://host:8786, or 'local'); default: Dask's threads in this process"
+)
 
 
 def _common(p: argparse.ArgumentParser, scheduler: str | None = _LOCAL_CLUSTER_HELP) -> None:
@@ -79,31 +115,48 @@ def _common(p: argparse.ArgumentParser, scheduler: str | None = _LOCAL_CLUSTER_H
         p.add_argument("--scheduler", metavar="ADDRESS", help=scheduler)
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
-    p.add_argument("--config", metavar="TOML", help="a config file (sections store, synthetic, tiles, train, predict)")
+    p.add_argument(
+        "--config", metavar="TOML", help="a config file (sections store, synthetic, tiles, train, predict)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="miningxr", description="Map the footprint of mining from Landsat imagery.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version="miningxr 0.1.0")
+        prog="miningxr",
+        description="Map the footprint of mining from Landsat imagery.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"miningxr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("ingest", help="write a region's Landsat years into the store (resumable)",
-                       description="Write every shard of a region and year(s) into the global store. "
-                                   "Shards already done are skipped, so re-running resumes.")
+    p = sub.add_parser(
+        "ingest",
+        help="write a region's Landsat years into the store (resumable)",
+        description="Write every shard of a region and year(s) into the global store. "
+        "Shards already done are skipped, so re-running resumes.",
+    )
     p.add_argument("--store", required=True, help="the Zarr store (created on first use)")
     _region_args(p, polygons=True)
     p.add_argument("--year", type=int, nargs="+", required=True, help="one or more years")
-    p.add_argument("--source", default="synthetic", choices=["synthetic", "gee", "stac"],
-                   help="where the pixels come from (default: synthetic, needs no account)")
+    p.add_argument(
+        "--source",
+        default="synthetic",
+        choices=SOURCES,
+        help="where the pixels come from (default: synthetic, needs no account)",
+    )
     p.add_argument("--stac-catalog", help="STAC API URL or local catalog.json (source stac)")
-    p.add_argument("--stac-preset", choices=list(_stac_presets()),
-                   help="a public STAC catalog set up for you (source stac): planetary-computer "
-                        "(asset URLs signed, no account needed) or earth-search (requester-pays S3: "
-                        "needs AWS credentials, reads are billed to you)")
+    p.add_argument(
+        "--stac-preset",
+        choices=list(PRESETS),
+        help="a public STAC catalog set up for you (source stac): planetary-computer "
+        "(asset URLs signed, no account needed) or earth-search (requester-pays S3: "
+        "needs AWS credentials, reads are billed to you)",
+    )
     p.add_argument("--gee-project", help="Google Cloud project for Earth Engine (source gee)")
-    p.add_argument("--gee-key-file", help="service-account key JSON for Earth Engine (or MININGXR_GEE_KEY_FILE)")
+    p.add_argument(
+        "--gee-key-file", help="service-account key JSON for Earth Engine (or MININGXR_GEE_KEY_FILE)"
+    )
     p.add_argument("--buffer-km", type=float, default=2.0, help="buffer around polygons with --country (km)")
     p.add_argument("--retry-failed", action="store_true", help="retry shards that failed before")
     p.add_argument("--force", action="store_true", help="rewrite shards already done")
@@ -119,19 +172,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True)
     p.add_argument("--out", default="miningxr-run", help="folder for model.keras, logs, history")
     p.add_argument("--year", type=int, help="imagery year (default: the latest ingested)")
-    for name, typ in (("epochs", int), ("batch-size", int), ("base-filters", int), ("depth", int),
-                      ("learning-rate", float), ("dropout", float), ("pos-weight", float), ("patience", int)):
+    for name, typ in (
+        ("epochs", int),
+        ("batch-size", int),
+        ("base-filters", int),
+        ("depth", int),
+        ("learning-rate", float),
+        ("dropout", float),
+        ("pos-weight", float),
+        ("patience", int),
+    ):
         p.add_argument(f"--{name}", type=typ)
-    p.add_argument("--loss", choices=["bce", "dice", "focal", "combined"])
-    p.add_argument("--lr-schedule", choices=["plateau", "cosine"],
-                   help="plateau: halve the rate when validation loss stalls (default); cosine: decay it "
-                        "to 1%% over --epochs")
+    p.add_argument("--loss", choices=get_args(Loss))
+    p.add_argument(
+        "--lr-schedule",
+        choices=get_args(LrSchedule),
+        help="plateau: halve the rate when validation loss stalls (default); cosine: decay it "
+        "to 1%% over --epochs",
+    )
     p.add_argument("--mixed-precision", action="store_true", default=None)
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
-    p.add_argument("--in-memory", action="store_true", default=None,
-                   help="read the splits once and train from RAM (stores that fit in memory)")
-    _common(p, scheduler="read the training chunks on this Dask cluster's workers (tcp://host:8786, "
-                          "or 'local'); default: tf.data threads in this process")
+    p.add_argument(
+        "--in-memory",
+        action="store_true",
+        default=None,
+        help="read the splits once and train from RAM (stores that fit in memory)",
+    )
+    _common(
+        p,
+        scheduler="read the training chunks on this Dask cluster's workers (tcp://host:8786, "
+        "or 'local'); default: tf.data threads in this process",
+    )
 
     p = sub.add_parser("predict", help="predict mining probability into a prediction Zarr")
     p.add_argument("--store", required=True)
@@ -147,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True)
     p.add_argument("--predictions", required=True)
     _polygon_args(p, "mining polygons for per-polygon detection")
-    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    p.add_argument("--split", default="test", choices=SPLITS)
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--out", default="miningxr-eval", help="folder for report.json and PNGs")
     _common(p, scheduler=_THREADS_HELP)
@@ -159,15 +230,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5)
     _common(p, scheduler=_THREADS_HELP)
 
-    p = sub.add_parser("demo", help="the whole pipeline on the synthetic source, into one folder",
-                       description="Ingest a synthetic region with mines, rasterize the masks, build "
-                                   "the tile index, train a small UNet on CPU, predict, evaluate and "
-                                   "export, into --out. No account and no network needed.")
+    p = sub.add_parser(
+        "demo",
+        help="the whole pipeline on the synthetic source, into one folder",
+        description="Ingest a synthetic region with mines, rasterize the masks, build "
+        "the tile index, train a small UNet on CPU, predict, evaluate and "
+        "export, into --out. No account and no network needed.",
+    )
     p.add_argument("--out", default="miningxr-demo")
     p.add_argument("--lon", type=float, default=29.05)
     p.add_argument("--lat", type=float, default=-25.95)
-    p.add_argument("--shards", type=int, nargs=2, default=(1, 2), metavar=("ROWS", "COLS"),
-                   help="how many 2048x2048 shards to process (default 1 2)")
+    p.add_argument(
+        "--shards",
+        type=int,
+        nargs=2,
+        default=(1, 2),
+        metavar=("ROWS", "COLS"),
+        help="how many 2048x2048 shards to process (default 1 2)",
+    )
     p.add_argument("--year", type=int, default=2020)
     # 10 epochs of the two default shards (~80 steps): validation IoU passed 0.9 by epoch 7-8
     # in the runs measured, where 8 epochs left some runs at 0.85
@@ -178,21 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _stac_presets() -> list[str]:
-    return ["planetary-computer", "earth-search"]  # miningxr.sources.stac.PRESETS (a test keeps them equal)
-
-
-def _config(args):
-    from .config import Config
-
+def _config(args: argparse.Namespace) -> Config:
     return Config.from_file(args.config) if getattr(args, "config", None) else Config()
 
 
-def _region(args):
-    from .grid import Region
-
+def _region(args: argparse.Namespace) -> Region | None:
     if args.bbox and args.country:
-        raise SystemExit("error: give --bbox or --country, not both")
+        raise UsageError("give --bbox or --country, not both")
     if args.bbox:
         return Region.from_bbox(args.bbox)
     if args.country:
@@ -200,21 +272,18 @@ def _region(args):
     return None
 
 
-def cmd_ingest(args) -> int:
-    from .ingest import ingest
-    from .labels import parse_columns, read_polygons, write_mask
-
+def cmd_ingest(args: argparse.Namespace) -> int:
     cfg = _config(args)
     region = _region(args)
     if region is None:
-        raise SystemExit("error: ingest needs a region: --bbox MINLON MINLAT MAXLON MAXLAT or --country ISO3")
-    opts: dict = {}
+        raise UsageError("ingest needs a region: --bbox MINLON MINLAT MAXLON MAXLAT or --country ISO3")
+    opts: dict[str, Any] = {}
     if args.source == "stac":
         if not (args.stac_catalog or args.stac_preset):
-            raise SystemExit("error: --source stac needs --stac-catalog URL_OR_PATH or --stac-preset NAME")
+            raise UsageError("--source stac needs --stac-catalog URL_OR_PATH or --stac-preset NAME")
         opts.update(catalog=args.stac_catalog, preset=args.stac_preset)
     elif args.stac_catalog or args.stac_preset:
-        raise SystemExit("error: --stac-catalog and --stac-preset are for --source stac")
+        raise UsageError("--stac-catalog and --stac-preset are for --source stac")
     if args.source == "gee":
         opts.update(project=args.gee_project, key_file=args.gee_key_file)
     if args.source == "synthetic":
@@ -225,31 +294,43 @@ def cmd_ingest(args) -> int:
     if args.polygons:
         gdf = read_polygons(args.polygons, country=args.country, layer=args.layer, columns=columns)
         if args.country:
-            from .grid import country_shards
-
-            shard_ids = country_shards(region, gdf, cfg.store.shard, buffer_m=args.buffer_km * 1000,
-                                       seed=cfg.tiles.seed)
-            log.info("%d shard(s) around %d %s polygon(s), with mine-free samples", len(shard_ids), len(gdf),
-                     args.country)
+            shard_ids = country_shards(
+                region, gdf, cfg.store.shard, buffer_m=args.buffer_km * 1000, seed=cfg.tiles.seed
+            )
+            log.info(
+                "%d shard(s) around %d %s polygon(s), with mine-free samples",
+                len(shard_ids),
+                len(gdf),
+                args.country,
+            )
     elif args.layer or args.columns:
-        raise SystemExit("error: --layer and --columns describe --polygons FILE; give it too")
-    report = ingest(args.store, region, args.year, source=args.source, source_options=opts, layout=cfg.store,
-                    shard_ids=shard_ids, retry_failed=args.retry_failed, force=args.force,
-                    scheduler=args.scheduler, progress=not args.quiet)
+        raise UsageError("--layer and --columns describe --polygons FILE; give it too")
+    report = ingest(
+        args.store,
+        region,
+        args.year,
+        source=args.source,
+        source_options=opts,
+        layout=cfg.store,
+        shard_ids=shard_ids,
+        retry_failed=args.retry_failed,
+        force=args.force,
+        scheduler=args.scheduler,
+        progress=not args.quiet,
+    )
     print(report)
     if not report.ok:
         return 1
     if args.polygons:
-        masks = write_mask(args.store, gdf, all_touched=args.all_touched, scheduler=args.scheduler,
-                           progress=not args.quiet)
+        masks = write_mask(
+            args.store, gdf, all_touched=args.all_touched, scheduler=args.scheduler, progress=not args.quiet
+        )
         print(masks)
         return 0 if masks.ok else 1
     return 0
 
 
-def cmd_status(args) -> int:
-    from .store import failures, status, store_layout
-
+def cmd_status(args: argparse.Namespace) -> int:
     layout = store_layout(args.store)
     table = status(args.store)
     print(f"store {args.store}: EPSG:6933 30 m global grid, chunks {layout.chunk}, shards {layout.shard}")
@@ -264,78 +345,87 @@ def cmd_status(args) -> int:
         show = fails if args.errors else fails.head(5)
         print("failed:")
         for _, r in show.iterrows():
-            print(f"  {r.variable} year={r.year} shard=({r.shard_row}, {r.shard_col}) attempts={r.attempts}: {r.error}")
+            print(
+                f"  {r.variable} year={r.year} shard=({r.shard_row}, {r.shard_col}) attempts={r.attempts}: {r.error}"
+            )
         print("retry them with `miningxr ingest ... --retry-failed`")
     return 0
 
 
-def train_config(cfg, args):
+def train_config(cfg: Config, args: argparse.Namespace) -> TrainConfig:
     """The [train] config with the flags the user gave on top."""
-    return cfg.replace("train", epochs=args.epochs, batch_size=args.batch_size, base_filters=args.base_filters,
-                       depth=args.depth, learning_rate=args.learning_rate, dropout=args.dropout,
-                       pos_weight=args.pos_weight, patience=args.patience, loss=args.loss,
-                       lr_schedule=args.lr_schedule,
-                       mixed_precision=args.mixed_precision, augment=args.augment,
-                       in_memory=args.in_memory).train
+    return cfg.replace(
+        "train",
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        base_filters=args.base_filters,
+        depth=args.depth,
+        learning_rate=args.learning_rate,
+        dropout=args.dropout,
+        pos_weight=args.pos_weight,
+        patience=args.patience,
+        loss=args.loss,
+        lr_schedule=args.lr_schedule,
+        mixed_precision=args.mixed_precision,
+        augment=args.augment,
+        in_memory=args.in_memory,
+    ).train
 
 
 @contextlib.contextmanager
-def _cluster(args):
+def _cluster(args: argparse.Namespace) -> Iterator[distributed.Client | None]:
     """The client for ``--scheduler`` (also Dask's default while open), or None without it."""
     if not args.scheduler:
         yield None
         return
-    from ._dask import dask_client
-
     with dask_client(args.scheduler) as client:
         yield client
 
 
-def cmd_train(args) -> int:
-    from .tiles import tile_index
-
-    from .model.train import train
+def cmd_train(args: argparse.Namespace) -> int:
+    from .model.train import train  # TensorFlow: loaded only by the commands that need it
 
     cfg = _config(args)
     with _cluster(args) as client:
         index = tile_index(args.store, year=args.year, config=cfg.tiles)
-        result = train(args.store, index=index, config=train_config(cfg, args), out_dir=args.out,
-                       client=client, verbose=0 if args.quiet else 2)
+        result = train(
+            args.store,
+            index=index,
+            config=train_config(cfg, args),
+            out_dir=args.out,
+            client=client,
+            verbose=0 if args.quiet else 2,
+        )
     print(result)
     return 0
 
 
-def cmd_predict(args) -> int:
-    from .predict import predict, write_predictions
-    from .store import open_store
-
+def cmd_predict(args: argparse.Namespace) -> int:
     cfg = _config(args)
     ds = open_store(args.store, region=_region(args), years=args.year)
-    prob = predict(ds, args.model, overlap=args.overlap if args.overlap is not None else cfg.predict.overlap,
-                   batch_size=args.batch_size or cfg.predict.batch_size)
+    prob = predict(ds, args.model, config=cfg.predict, overlap=args.overlap, batch_size=args.batch_size)
     report = write_predictions(prob, args.out, scheduler=args.scheduler, progress=not args.quiet)
     print(report)
     return 0 if report.ok else 1
 
 
-def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate, plot_map, plot_tiles
-    from .jsonio import json_dumps
-    from .labels import read_polygons
-    from .predict import open_predictions
-    from .store import check_output_folder, open_store
-    from .tiles import load_tile_index
-
+def cmd_evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_output_folder(out, holds="report.json and the PNGs")
     polygons = None
     if args.polygons:
         polygons = read_polygons(args.polygons, layer=args.layer, columns=args.columns, require_columns=False)
     elif args.layer or args.columns:
-        raise SystemExit("error: --layer and --columns describe --polygons FILE; give it too")
+        raise UsageError("--layer and --columns describe --polygons FILE; give it too")
     with _cluster(args):
-        report = evaluate(args.store, args.predictions, split=args.split, threshold=args.threshold,
-                          polygons=polygons, out=out / "report.json")
+        report = evaluate(
+            args.store,
+            args.predictions,
+            split=args.split,
+            threshold=args.threshold,
+            polygons=polygons,
+            out=out / "report.json",
+        )
         ds = open_store(args.store)
         prob = open_predictions(args.predictions, ds)
         index = load_tile_index(args.store)
@@ -345,11 +435,7 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_export(args) -> int:
-    from .export import export
-    from .predict import open_predictions
-    from .store import open_store
-
+def cmd_export(args: argparse.Namespace) -> int:
     with _cluster(args):
         prob = open_predictions(args.predictions, open_store(args.store))
         paths = export(prob, args.out, threshold=args.threshold)
@@ -358,27 +444,39 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    from .demo import run_demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo  # TensorFlow: loaded only by the commands that need it
 
     return run_demo(args)
 
 
-COMMANDS = {"ingest": cmd_ingest, "status": cmd_status, "train": cmd_train, "predict": cmd_predict,
-            "evaluate": cmd_evaluate, "export": cmd_export, "demo": cmd_demo}
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "ingest": cmd_ingest,
+    "status": cmd_status,
+    "train": cmd_train,
+    "predict": cmd_predict,
+    "evaluate": cmd_evaluate,
+    "export": cmd_export,
+    "demo": cmd_demo,
+}
 
 
 def reference() -> str:
     """The CLI reference in Markdown, made from the parser itself (``docs/cli.md``)."""
-    import os
-
     parser = build_parser()
     old = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal: fix it for a stable page
     try:
-        parts = ["# Command-line reference", "",
-                 "Generated from `miningxr --help` by `python -m miningxr.cli --reference`; "
-                 "a test keeps it current.", "", "```text", parser.format_help().rstrip(), "```"]
+        parts = [
+            "# Command-line reference",
+            "",
+            "Generated from `miningxr --help` by `python -m miningxr.cli --reference`; "
+            "a test keeps it current.",
+            "",
+            "```text",
+            parser.format_help().rstrip(),
+            "```",
+        ]
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         for name, p in sub.choices.items():
             parts += ["", f"## miningxr {name}", "", "```text", p.format_help().rstrip(), "```"]
@@ -396,15 +494,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["MININGXR_TF_VERBOSE"] = "1"  # TensorFlow's own start-up lines too
     logfile = Path(args.out) / "miningxr.log" if args.command == "demo" else None
     _setup_logging(-1 if args.quiet else args.verbose, logfile)
-    from .labels import LabelError
-    from .predict import ModelMismatchError
-    from .sources import SourceError
-    from .store import StoreError
-
     try:
         return COMMANDS[args.command](args)
-    except (StoreError, SourceError, LabelError, ModelMismatchError, ValueError, FileNotFoundError) as e:
-        # expected mistakes: one clear line, no traceback (-v shows it)
+    except MiningxrError as e:
+        # a mistake in what was asked: one clear line that names the fix (-v adds the traceback)
         if args.verbose:
             log.exception("failed")
         print(f"error: {e}", file=sys.stderr)
@@ -412,6 +505,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished shards are kept; run the same command again to resume", file=sys.stderr)
         return 130
+    except Exception:
+        traceback.print_exc()
+        print(
+            f"\nminingxr {__version__} failed unexpectedly: this is a bug in miningxr, not a mistake in "
+            "what you asked. Please report it with the command and the traceback above.",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""Every tunable of miningxr in one typed place.
+"""Every tunable of miningxr in one typed place, validated when it is made.
 
 Each stage takes its section of :class:`Config`; the CLI builds one from defaults, an optional
-TOML file (``--config miningxr.toml``) and its own flags, in that order of precedence.
+TOML file (``--config miningxr.toml``) and its own flags, in that order of precedence. Every field
+is checked against its type hint when a section is made (an option with a fixed set of values is
+a ``Literal``), so a bad value is refused when the file is read, not hours later.
 
 Example
 -------
@@ -9,43 +11,136 @@ Example
 >>> cfg = Config.from_dict({"train": {"base_filters": 16, "epochs": 3}})
 >>> cfg.train.base_filters, cfg.train.depth
 (16, 4)
+>>> Config.from_dict({"train": {"loss": "foo"}})
+Traceback (most recent call last):
+...
+miningxr.errors.ConfigError: [train] loss must be one of 'bce', 'dice', 'focal', 'combined', got 'foo'
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import tomllib
+import types
+import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal, get_args, get_origin
 
 import numpy as np
+
+from .errors import ConfigError
 
 #: Band order of every cube and store; fixed by the design.
 BANDS: tuple[str, ...] = ("blue", "green", "red", "nir", "swir1", "swir2", "thermal")
 
-#: CF packing shared by every band of the ``landsat`` variable. Reflectance bands are surface
-#: reflectance; ``thermal`` is brightness temperature as (T[K] - 273.15) / 100 so that one int16
-#: scale serves all seven bands (see docs/store.md).
-SCALE_FACTOR: float = 1e-4
-ADD_OFFSET: float = 0.0
-FILL_VALUE: int = -32768
+#: The training losses (:func:`miningxr.model.losses.get_loss`).
+Loss = Literal["bce", "dice", "focal", "combined"]
+#: How the learning rate changes: halved when validation loss stalls, or a cosine decay.
+LrSchedule = Literal["plateau", "cosine"]
+
+
+def as_years(years: int | Sequence[int]) -> list[int]:
+    """One year or several, as a list of ints (what every stage that takes years accepts).
+
+    >>> as_years(2020), as_years((2019, np.int64(2020)))
+    ([2020], [2019, 2020])
+    """
+    if isinstance(years, (int, np.integer)):
+        return [int(years)]
+    if isinstance(years, (str, bytes)) or not isinstance(years, (Sequence, np.ndarray)):
+        raise ConfigError(f"years must be a year or a list of years, got {years!r}")
+    return [int(y) for y in years]
+
+
+def _check_types(section: Any) -> None:
+    """Refuse a field whose value does not fit its type hint, naming the section and field."""
+    hints = _hints(type(section))
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if not _fits(value, hints[f.name]):
+            expected = _describe(hints[f.name])
+            if get_origin(hints[f.name]) is Literal:
+                msg = f"must be one of {expected}"
+            else:
+                msg = f"must be {expected}"
+            raise ConfigError(f"[{section.section}] {f.name} {msg}, got {value!r}")
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Literal:
+        return value in args
+    if origin in (types.UnionType, typing.Union):
+        return any(_fits(value, a) for a in args)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args, strict=True))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, (bool, np.bool_))
+    if hint is int:
+        return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if hint is float:
+        return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Literal:
+        return ", ".join(repr(a) for a in args)
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_describe(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_describe(args[0])}"
+        return f"a list of {len(args)} ({', '.join(_describe(a) for a in args)})"
+    if hint is type(None):
+        return "none"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        hint, getattr(hint, "__name__", str(hint))
+    )
+
+
+def _at_least(cfg: Any, low: int, *names: str) -> None:
+    """Refuse integer options below ``low``, naming the option and its command-line flag."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value < low:
+            raise ConfigError(
+                f"{name} (--{name.replace('_', '-')}) must be an integer >= {low}, got {value!r}"
+            )
 
 
 @dataclass(frozen=True)
 class StoreLayout:
     """Chunking of the global store. Every layout shares the same pixel grid."""
 
+    section: ClassVar[str] = "store"
     chunk: int = 512
     shard: int = 2048
     first_year: int = 1984
     last_year: int = 2035
 
     def __post_init__(self) -> None:
+        _check_types(self)
+        _at_least(self, 1, "chunk", "shard")
         if self.shard % self.chunk:
-            raise ValueError(f"shard ({self.shard}) must be a multiple of chunk ({self.chunk})")
+            raise ConfigError(f"[store] shard ({self.shard}) must be a multiple of chunk ({self.chunk})")
         if self.last_year < self.first_year:
-            raise ValueError("last_year must not be before first_year")
+            raise ConfigError("[store] last_year must not be before first_year")
 
     @property
     def years(self) -> list[int]:
@@ -56,6 +151,7 @@ class StoreLayout:
 class SyntheticConfig:
     """The deterministic synthetic Landsat source."""
 
+    section: ClassVar[str] = "synthetic"
     seed: int = 0
     first_year: int = 1984
     last_year: int = 2025
@@ -65,11 +161,23 @@ class SyntheticConfig:
     mine_radius: tuple[int, int] = (30, 100)
     noise: float = 0.012
 
+    def __post_init__(self) -> None:
+        _check_types(self)
+        lo, hi = self.mine_radius
+        if not 0 < lo <= hi or self.mine_cell <= 2.7 * hi:
+            raise ConfigError(
+                f"[synthetic] mine_radius {list(self.mine_radius)} must be 0 < low <= high, with high "
+                f"under mine_cell / 2.7 ({self.mine_cell / 2.7:.0f}) so that a mine fits in its cell"
+            )
+        if self.last_year < self.first_year:
+            raise ConfigError("[synthetic] last_year must not be before first_year")
+
 
 @dataclass(frozen=True)
 class TileConfig:
     """The 64x64 tile index and its spatial split."""
 
+    section: ClassVar[str] = "tiles"
     tile_size: int = 64
     #: split blocks are squares of this many tiles; whole blocks go to one split
     block_tiles: int = 8
@@ -83,11 +191,19 @@ class TileConfig:
     min_valid_fraction: float = 0.9
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _at_least(self, 1, "tile_size", "block_tiles")
+        _at_least(self, 0, "buffer_tiles")
+        if min(self.fractions) < 0 or not sum(self.fractions) > 0:
+            raise ConfigError(f"[tiles] fractions {list(self.fractions)} must be >= 0 with a positive sum")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Model and optimisation; the defaults are the seed project's."""
 
+    section: ClassVar[str] = "train"
     tile_size: int = 64
     bands: tuple[str, ...] = BANDS
     base_filters: int = 64
@@ -97,10 +213,10 @@ class TrainConfig:
     learning_rate: float = 1e-4
     #: "plateau" halves the rate when validation loss stalls; "cosine" decays it to 1% over
     #: ``epochs`` (smoother curves when the number of epochs is fixed in advance)
-    lr_schedule: str = "plateau"
+    lr_schedule: LrSchedule = "plateau"
     batch_size: int = 32
     epochs: int = 50
-    loss: str = "combined"
+    loss: Loss = "combined"
     pos_weight: float = 10.0
     patience: int = 8
     mixed_precision: bool = False
@@ -110,45 +226,51 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.lr_schedule not in ("plateau", "cosine"):
-            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose plateau or cosine")
-        if self.loss not in ("bce", "dice", "focal", "combined"):
-            raise ValueError(f"unknown loss {self.loss!r}; choose bce, dice, focal or combined")
+        _check_types(self)
         _at_least(self, 1, "tile_size", "base_filters", "depth", "batch_size", "epochs", "shuffle_buffer")
         _at_least(self, 0, "patience")
         if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate (--learning-rate) must be > 0, got {self.learning_rate}")
+            raise ConfigError(f"learning_rate (--learning-rate) must be > 0, got {self.learning_rate}")
         if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout (--dropout) must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"dropout (--dropout) must be in [0, 1), got {self.dropout}")
         if not self.pos_weight > 0:
-            raise ValueError(f"pos_weight (--pos-weight) must be > 0, got {self.pos_weight}")
-        if not self.bands:
-            raise ValueError("bands must name at least one band")
-
-
-def _at_least(cfg: object, low: int, *names: str) -> None:
-    """Refuse integer options below ``low``, naming the option and its command-line flag."""
-    for name in names:
-        value = getattr(cfg, name)
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{name} (--{name.replace('_', '-')}) must be an integer >= {low}, got {value!r}")
+            raise ConfigError(f"pos_weight (--pos-weight) must be > 0, got {self.pos_weight}")
+        unknown = [b for b in self.bands if b not in BANDS]
+        if not self.bands or unknown:
+            raise ConfigError(
+                f"[train] bands must name at least one of {list(BANDS)}, got {list(self.bands)}"
+            )
+        if self.tile_size % (2**self.depth):
+            raise ConfigError(
+                f"[train] tile_size {self.tile_size} must be divisible by 2**depth = {2**self.depth} "
+                "(the UNet halves it depth times); lower depth (--depth)"
+            )
 
 
 @dataclass(frozen=True)
 class PredictConfig:
+    """Prediction: tile overlap, tiles per model call, and the mining threshold."""
+
+    section: ClassVar[str] = "predict"
+    #: pixels by which neighbouring tiles overlap; their predictions are blended
     overlap: int = 16
+    #: tiles per model call
     batch_size: int = 64
+    #: probability at or above which a pixel counts as mining
     threshold: float = 0.5
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _at_least(self, 0, "overlap")
         _at_least(self, 1, "batch_size")
         if not 0 <= self.threshold <= 1:
-            raise ValueError(f"threshold (--threshold) must be in [0, 1], got {self.threshold}")
+            raise ConfigError(f"threshold (--threshold) must be in [0, 1], got {self.threshold}")
 
 
 @dataclass(frozen=True)
 class Config:
+    """All sections: ``store``, ``synthetic``, ``tiles``, ``train`` and ``predict``."""
+
     store: StoreLayout = field(default_factory=StoreLayout)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     tiles: TileConfig = field(default_factory=TileConfig)
@@ -158,9 +280,10 @@ class Config:
     def __post_init__(self) -> None:
         # the model trains on the tiles the index cuts: two sizes cannot both hold
         if self.tiles.tile_size != self.train.tile_size:
-            raise ValueError(f"[tiles] tile_size {self.tiles.tile_size} and [train] tile_size "
-                             f"{self.train.tile_size} differ; set tile_size in one section (the other "
-                             "follows it) or the same in both")
+            raise ConfigError(
+                f"[tiles] tile_size {self.tiles.tile_size} and [train] tile_size {self.train.tile_size} "
+                "differ; set tile_size in one section (the other follows it) or the same in both"
+            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
@@ -168,26 +291,33 @@ class Config:
 
         ``tile_size`` given in only one of ``[tiles]`` and ``[train]`` applies to both.
         """
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = set(data) - set(names)
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {sorted(unknown)}; valid: {names}")
         data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
         given = [data[s]["tile_size"] for s in ("tiles", "train") if "tile_size" in data.get(s, {})]
         if len(given) == 1:
             for s in ("tiles", "train"):
                 data.setdefault(s, {})["tile_size"] = given[0]
-        sections = {}
-        for f in dataclasses.fields(cls):
-            sub = dict(data.get(f.name, {}))
-            sections[f.name] = _build(f.default_factory, sub, f.name)  # type: ignore[misc]
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown config section(s) {sorted(unknown)}; "
-                             f"valid: {[f.name for f in dataclasses.fields(cls)]}")
+        sections = {
+            f.name: _build(f.default_factory, dict(data.get(f.name, {})), f.name)  # type: ignore[misc]
+            for f in dataclasses.fields(cls)
+        }
         return cls(**sections)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Config:
         """Read a TOML file whose tables are the sections of :class:`Config`."""
-        with open(path, "rb") as f:
-            return cls.from_dict(tomllib.load(f))
+        try:
+            with open(path, "rb") as f:
+                return cls.from_dict(tomllib.load(f))
+        except FileNotFoundError:
+            raise ConfigError(
+                f"config file {path} does not exist; give the path of a TOML file (--config)"
+            ) from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML ({e})") from None
 
     def replace(self, section: str, **changes: Any) -> Config:
         """A copy with some fields of one section changed (``None`` values are ignored)."""
@@ -200,11 +330,9 @@ class Config:
 
 def _build(factory: Any, values: dict[str, Any], name: str) -> Any:
     default = factory()
-    valid = {f.name: f for f in dataclasses.fields(default)}
-    unknown = set(values) - set(valid)
+    valid = {f.name for f in dataclasses.fields(default)}
+    unknown = set(values) - valid
     if unknown:
-        raise ValueError(f"unknown key(s) {sorted(unknown)} in [{name}]; valid: {sorted(valid)}")
-    for key, value in values.items():
-        if isinstance(value, list):
-            values[key] = tuple(value)
+        raise ConfigError(f"unknown key(s) {sorted(unknown)} in [{name}]; valid: {sorted(valid)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     return dataclasses.replace(default, **values)

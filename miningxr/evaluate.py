@@ -17,15 +17,28 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
+from .errors import EvaluateError
 from .grid import PIXEL_AREA_KM2, GridSlice
 from .jsonio import write_json
+from .labels import rasterize_blocks, read_polygons
+from .predict import open_predictions
+from .store import open_store
+from .tiles import load_tile_index
+
+if TYPE_CHECKING:
+    pass
+
+#: the splits :func:`evaluate` scores: the tile index's three, or every predicted pixel
+SPLITS = ("train", "val", "test", "all")
 
 BINS = 1000
 
@@ -45,8 +58,16 @@ def _split_mask(index, split: str, gslice: GridSlice, chunks) -> da.Array:
     return da.from_array(full, chunks=chunks)
 
 
-def evaluate(store: str | os.PathLike, predictions: Any, *, split: str = "test", threshold: float = 0.5,
-             polygons: Any = None, index: Any = None, out: str | os.PathLike | None = None) -> dict:
+def evaluate(
+    store: str | os.PathLike,
+    predictions: Any,
+    *,
+    split: str = "test",
+    threshold: float = 0.5,
+    polygons: Any = None,
+    index: Any = None,
+    out: str | os.PathLike | None = None,
+) -> dict:
     """Dice, IoU, precision, recall, F1, AUC and per-polygon detection over one split.
 
     Parameters
@@ -68,12 +89,8 @@ def evaluate(store: str | os.PathLike, predictions: Any, *, split: str = "test",
     dict
         Metrics, pixel counts, areas in km2 (true, predicted) and per-polygon detection.
     """
-    from .predict import open_predictions
-    from .store import open_store
-    from .tiles import load_tile_index
-
-    if split not in ("train", "val", "test", "all"):
-        raise ValueError(f"unknown split {split!r}; choose train, val, test or all")
+    if split not in SPLITS:
+        raise EvaluateError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     ds = open_store(store)
     if isinstance(predictions, (str, os.PathLike)):
         pred = open_predictions(predictions, ds)
@@ -84,8 +101,10 @@ def evaluate(store: str | os.PathLike, predictions: Any, *, split: str = "test",
         have, want = GridSlice.of_coords(pred), GridSlice.of_coords(ds)
         common = have.intersection(want)
         if common is None:
-            raise EvaluateError(f"the predictions cover {have.describe()}, the store {store} covers "
-                                f"{want.describe()}: they do not overlap. Predict the store's region")
+            raise EvaluateError(
+                f"the predictions cover {have.describe()}, the store {store} covers "
+                f"{want.describe()}: they do not overlap. Predict the store's region"
+            )
         pred, ds = pred.isel(common.within(have)), ds.isel(common.within(want))
     gslice = GridSlice.of_coords(pred)
     chunks = pred.data.chunks if pred.chunks else ((gslice.shape[0],), (gslice.shape[1],))
@@ -107,41 +126,48 @@ def evaluate(store: str | os.PathLike, predictions: Any, *, split: str = "test",
     hneg = da.bincount(da.where(~truth & where, bins, BINS).ravel(), minlength=BINS + 1)
     det = None
     if polygons is not None:
-        from .labels import rasterize_blocks, read_polygons
-
         gdf = read_polygons(polygons, require_columns=False)
         ids = rasterize_blocks(gslice, gdf, chunks[0], chunks[1], values=np.arange(1, len(gdf) + 1))
         ids = da.where(where, ids, 0).ravel()
-        det = (da.bincount(ids, minlength=len(gdf) + 1), da.bincount(ids, weights=hit.ravel(), minlength=len(gdf) + 1))
+        det = (
+            da.bincount(ids, minlength=len(gdf) + 1),
+            da.bincount(ids, weights=hit.ravel(), minlength=len(gdf) + 1),
+        )
     tp, fp, fn, tn, hpos, hneg, det = dask.compute(tp, fp, fn, tn, hpos, hneg, det)
     tp, fp, fn, tn = (int(v) for v in (tp, fp, fn, tn))
     if tp + fp + fn + tn == 0:
-        raise EvaluateError(f"no pixel to score: the {split!r} split has no predicted pixel in "
-                            f"{gslice.describe()} (predictions over another region or year, or "
-                            "all no-data). Predict the store's region, or evaluate another --split")
+        raise EvaluateError(
+            f"no pixel to score: the {split!r} split has no predicted pixel in "
+            f"{gslice.describe()} (predictions over another region or year, or "
+            "all no-data). Predict the store's region, or evaluate another --split"
+        )
     report: dict[str, Any] = {
-        "split": split, "threshold": threshold, "pixels": tp + fp + fn + tn,
-        "tp": tp, "fp": fp, "fn": fn, "tn": tn,
-        "iou": _div(tp, tp + fp + fn), "dice": _div(2 * tp, 2 * tp + fp + fn),
-        "precision": _div(tp, tp + fp), "recall": _div(tp, tp + fn),
+        "split": split,
+        "threshold": threshold,
+        "pixels": tp + fp + fn + tn,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+        "iou": _div(tp, tp + fp + fn),
+        "dice": _div(2 * tp, 2 * tp + fp + fn),
+        "precision": _div(tp, tp + fp),
+        "recall": _div(tp, tp + fn),
         "auc": _auc(hpos[:BINS], hneg[:BINS]),
-        "area_true_km2": (tp + fn) * PIXEL_AREA_KM2, "area_predicted_km2": (tp + fp) * PIXEL_AREA_KM2,
+        "area_true_km2": (tp + fn) * PIXEL_AREA_KM2,
+        "area_predicted_km2": (tp + fp) * PIXEL_AREA_KM2,
     }
     report["f1"] = report["dice"]
     if det is not None:
         total, found = det
         present = np.flatnonzero(total[1:] > 0)
         frac = found[1:][present] / total[1:][present]
-        report["polygons_in_split"] = int(len(present))
+        report["polygons_in_split"] = len(present)
         report["polygons_detected"] = int((frac >= 0.5).sum())
         report["polygon_detection_rate"] = _div(int((frac >= 0.5).sum()), len(present))
     if out is not None:
         write_json(report, out)
     return report
-
-
-class EvaluateError(ValueError):
-    """Predictions and truth that cannot be scored together (no common pixel)."""
 
 
 def _div(a: float, b: float) -> float:
@@ -168,25 +194,35 @@ def false_colour(landsat: xr.DataArray, bands=("swir2", "nir", "red")) -> np.nda
     return np.clip((np.nan_to_num(rgb, nan=lo) - lo) / max(hi - lo, 1e-6), 0, 1)
 
 
-def plot_tiles(ds: xr.Dataset, prob: xr.DataArray, index, path: str | os.PathLike, *, split: str = "test",
-               n: int = 6, seed: int = 0, threshold: float = 0.5) -> Path:
+def plot_tiles(
+    ds: xr.Dataset,
+    prob: xr.DataArray,
+    index,
+    path: str | os.PathLike,
+    *,
+    split: str = "test",
+    n: int = 6,
+    seed: int = 0,
+    threshold: float = 0.5,
+) -> Path:
     """PNG of sample tiles: true colour, false colour (SWIR2-NIR-red), truth, prediction."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     t = int(index.attrs["config"]["tile_size"])
     gslice = GridSlice.of_coords(prob)
     cand = index[(index.split == split) & index.positive]
-    cand = cand[(cand.row0 >= gslice.row0) & (cand.row0 + t <= gslice.row1)
-                & (cand.col0 >= gslice.col0) & (cand.col0 + t <= gslice.col1)]
+    cand = cand[
+        (cand.row0 >= gslice.row0)
+        & (cand.row0 + t <= gslice.row1)
+        & (cand.col0 >= gslice.col0)
+        & (cand.col0 + t <= gslice.col1)
+    ]
     if cand.empty:
         cand = index[index.split == split]
     pick = cand.sample(min(n, len(cand)), random_state=seed)
     img = ds["landsat"].isel(year=-1) if "year" in ds["landsat"].dims else ds["landsat"]
-    fig, axes = plt.subplots(len(pick), 4, figsize=(10, 2.5 * len(pick)), squeeze=False)
-    for row, (_, tile) in zip(axes, pick.iterrows()):
+    # a Figure of its own, not pyplot's: no global state, no GUI backend, safe in threads
+    fig = Figure(figsize=(10, 2.5 * len(pick)))
+    axes = fig.subplots(len(pick), 4, squeeze=False)
+    for row, (_, tile) in zip(axes, pick.iterrows(), strict=True):
         ys = slice(int(tile.row0 - gslice.row0), int(tile.row0 - gslice.row0 + t))
         xs = slice(int(tile.col0 - gslice.col0), int(tile.col0 - gslice.col0 + t))
         sub = img.isel(y=ys, x=xs)
@@ -196,32 +232,34 @@ def plot_tiles(ds: xr.Dataset, prob: xr.DataArray, index, path: str | os.PathLik
         row[2].imshow(ds["mining"].isel(y=ys, x=xs).values, vmin=0, vmax=1, cmap="gray")
         row[3].imshow(p, vmin=0, vmax=1, cmap="magma")
         row[3].contour(p >= threshold, levels=[0.5], colors="cyan", linewidths=0.8)
-        for ax, title in zip(row, ("true colour", "SWIR2-NIR-red", "truth", "prediction")):
+        for ax, title in zip(row, ("true colour", "SWIR2-NIR-red", "truth", "prediction"), strict=True):
             ax.set_title(title, fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
     fig.suptitle(f"{split} tiles: truth vs prediction")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return Path(path)
 
 
-def plot_map(ds: xr.Dataset, prob: xr.DataArray, path: str | os.PathLike, *, index=None,
-             threshold: float = 0.5, max_pixels: int = 1024) -> Path:
+def plot_map(
+    ds: xr.Dataset,
+    prob: xr.DataArray,
+    path: str | os.PathLike,
+    *,
+    index=None,
+    threshold: float = 0.5,
+    max_pixels: int = 1024,
+) -> Path:
     """PNG map of the whole region: false colour, truth outline, predicted mining, test tiles."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     f = max(1, int(np.ceil(max(prob.shape) / max_pixels)))
     img = ds["landsat"].isel(year=-1) if "year" in ds["landsat"].dims else ds["landsat"]
     small = img.coarsen(y=f, x=f, boundary="trim").mean().compute()
     p = prob.coarsen(y=f, x=f, boundary="trim").mean().compute()
     truth = (ds["mining"] > 0).coarsen(y=f, x=f, boundary="trim").mean().compute()
     extent = [float(p.x.min()) / 1e3, float(p.x.max()) / 1e3, float(p.y.min()) / 1e3, float(p.y.max()) / 1e3]
-    fig, axes = plt.subplots(1, 2, figsize=(14, 7), sharex=True, sharey=True)
+    fig = Figure(figsize=(14, 7))
+    axes = fig.subplots(1, 2, sharex=True, sharey=True)
     axes[0].imshow(false_colour(small), extent=extent)
     axes[0].contour(truth.x / 1e3, truth.y / 1e3, truth.values, levels=[0.5], colors="yellow", linewidths=0.6)
     axes[0].set_title("SWIR2-NIR-red with mining polygons (yellow)")
@@ -233,12 +271,11 @@ def plot_map(ds: xr.Dataset, prob: xr.DataArray, path: str | os.PathLike, *, ind
         test = index[index.split == "test"]
         for geom in test.geometry.values[:5000]:
             x0, y0, _, _ = geom.bounds
-            axes[1].add_patch(plt.Rectangle((x0 / 1e3, y0 / 1e3), t, t, fill=False, ec="white", lw=0.2))
+            axes[1].add_patch(Rectangle((x0 / 1e3, y0 / 1e3), t, t, fill=False, ec="white", lw=0.2))
     fig.colorbar(im, ax=axes[1], fraction=0.04)
     for ax in axes:
         ax.set_xlabel("x (km, EPSG:6933)")
     axes[0].set_ylabel("y (km, EPSG:6933)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return Path(path)

@@ -19,10 +19,11 @@ from __future__ import annotations
 import difflib
 import functools
 import math
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
@@ -31,6 +32,12 @@ from odc.geo import CRS
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry, box, unary_union
 from odc.geo.xr import xr_coords
+from rasterio import features
+
+from .errors import RegionError
+
+if TYPE_CHECKING:
+    import geopandas as gpd
 
 CRS_GRID = CRS("EPSG:6933")
 RESOLUTION = 30.0
@@ -44,8 +51,23 @@ GLOBAL_SHAPE = (487_638, 1_157_836)  # (rows, cols)
 GLOBAL_GEOBOX = GeoBox(GLOBAL_SHAPE, Affine(RESOLUTION, 0, _X0, 0, -RESOLUTION, _Y1), CRS_GRID)
 
 
-class RegionError(ValueError):
-    """A region that cannot be placed on the global grid."""
+def pixel_affine(row0: int = 0, col0: int = 0) -> Affine:
+    """The transform from (col, row) pixel indices, counted from global pixel ``(row0, col0)``, to
+    grid CRS metres of the pixel's top-left corner.
+
+    >>> pixel_affine() @ (0, 0) == (GLOBAL_GEOBOX.affine.c, GLOBAL_GEOBOX.affine.f)
+    True
+    >>> pixel_affine(2, 1) @ (0, 0) == pixel_affine() @ (1, 2)
+    True
+    """
+    return Affine(RESOLUTION, 0, _X0 + col0 * RESOLUTION, 0, -RESOLUTION, _Y1 - row0 * RESOLUTION)
+
+
+# rasterio silences its own NotGeoreferencedWarning for the in-memory raster it burns into with
+# ``warnings.catch_warnings``, which is not thread-safe: two Dask threads rasterizing at once
+# leak the warning to the user. ``rasterize`` holds the GIL throughout, so taking turns costs no
+# parallelism.
+_RASTERIZE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -85,8 +107,10 @@ class GridSlice:
     def describe(self) -> str:
         """The slice in words users can check: pixel rows and columns, and lon/lat bounds."""
         bb = self.geobox.geographic_extent.boundingbox
-        return (f"rows {self.row0}:{self.row1}, cols {self.col0}:{self.col1} "
-                f"(lon/lat {bb.left:.4f} {bb.bottom:.4f} {bb.right:.4f} {bb.top:.4f})")
+        return (
+            f"rows {self.row0}:{self.row1}, cols {self.col0}:{self.col1} "
+            f"(lon/lat {bb.left:.4f} {bb.bottom:.4f} {bb.right:.4f} {bb.top:.4f})"
+        )
 
     def intersection(self, other: GridSlice) -> GridSlice | None:
         """The common part of two slices, or None when they do not overlap."""
@@ -96,13 +120,31 @@ class GridSlice:
 
     def within(self, outer: GridSlice) -> dict[str, slice]:
         """``isel`` indexers that cut this slice out of an array on ``outer`` (which holds it)."""
-        return {"y": slice(self.row0 - outer.row0, self.row1 - outer.row0),
-                "x": slice(self.col0 - outer.col0, self.col1 - outer.col0)}
+        return {
+            "y": slice(self.row0 - outer.row0, self.row1 - outer.row0),
+            "x": slice(self.col0 - outer.col0, self.col1 - outer.col0),
+        }
+
+    def rasterize(
+        self, shapes: Iterable[tuple[Any, int]], *, dtype: Any = np.uint8, all_touched: bool = False
+    ) -> np.ndarray:
+        """Burn ``(geometry, value)`` pairs in grid CRS into an array of this slice (0 elsewhere)."""
+        with _RASTERIZE_LOCK:
+            return features.rasterize(
+                shapes,
+                out_shape=self.shape,
+                transform=pixel_affine(self.row0, self.col0),
+                fill=0,
+                all_touched=all_touched,
+                dtype=dtype,
+            )
 
     def block_chunks(self, step: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Dask chunk sizes along y and x for blocks that start on multiples of ``step``."""
-        return (tuple(np.diff(block_edges(self.row0, self.row1, step)).tolist()),
-                tuple(np.diff(block_edges(self.col0, self.col1, step)).tolist()))
+        return (
+            tuple(np.diff(block_edges(self.row0, self.row1, step)).tolist()),
+            tuple(np.diff(block_edges(self.col0, self.col1, step)).tolist()),
+        )
 
     def shard_ids(self, shard: int) -> list[tuple[int, int]]:
         """The (shard_row, shard_col) ids of every shard this slice touches."""
@@ -136,8 +178,12 @@ class GridSlice:
         rows = [r for r, _ in ids]
         cols = [c for _, c in ids]
         h, w = GLOBAL_SHAPE
-        return cls(min(rows) * shard, min((max(rows) + 1) * shard, h),
-                   min(cols) * shard, min((max(cols) + 1) * shard, w))
+        return cls(
+            min(rows) * shard,
+            min((max(rows) + 1) * shard, h),
+            min(cols) * shard,
+            min((max(cols) + 1) * shard, w),
+        )
 
     @classmethod
     def of_geobox(cls, gbox: GeoBox) -> GridSlice:
@@ -190,18 +236,24 @@ class Region:
             raise RegionError(
                 f"bbox {shown} has min > max ({'x' if minx > maxx else ''}{'y' if miny > maxy else ''}): "
                 f"give it as MINX MINY MAXX MAXY (west south east north), e.g. "
-                f"{[min(minx, maxx), min(miny, maxy), max(minx, maxx), max(miny, maxy)]}")
+                f"{[min(minx, maxx), min(miny, maxy), max(minx, maxx), max(miny, maxy)]}"
+            )
         if crs.geographic:
             if minx > maxx:
                 raise RegionError(
                     f"bbox {shown} crosses the antimeridian (west {minx:g} > east {maxx:g}). "
-                    "Split it into two boxes, one each side of 180 degrees, and ingest both.")
-            if not (-180 <= minx and maxx <= 180 and -90 <= miny and maxy <= 90):
-                raise RegionError(f"bbox {shown} is outside -180..180 / -90..90 degrees; "
-                                  "give (min_lon, min_lat, max_lon, max_lat)")
+                    "Split it into two boxes, one each side of 180 degrees, and ingest both."
+                )
+            if not (minx >= -180 and maxx <= 180 and miny >= -90 and maxy <= 90):
+                raise RegionError(
+                    f"bbox {shown} is outside -180..180 / -90..90 degrees; "
+                    "give (min_lon, min_lat, max_lon, max_lat)"
+                )
             if miny < -85.04 or maxy > 85.04:
-                raise RegionError(f"bbox {shown} reaches beyond the global grid, which "
-                                  "covers latitudes -85.04..85.04 (EASE-Grid 2.0)")
+                raise RegionError(
+                    f"bbox {shown} reaches beyond the global grid, which "
+                    "covers latitudes -85.04..85.04 (EASE-Grid 2.0)"
+                )
         if not (minx < maxx and miny < maxy):
             raise RegionError(f"bbox {shown} is empty: need minx < maxx and miny < maxy")
         name = "bbox(" + ",".join(f"{v:g}" for v in (minx, miny, maxx, maxy)) + ")"
@@ -256,12 +308,26 @@ class Region:
 
 
 def block_edges(a: int, b: int, step: int) -> list[int]:
-    """Edges that cut ``[a, b)`` at the multiples of ``step`` inside it (block starts on the grid)."""
+    """Edges that cut ``[a, b)`` at the multiples of ``step`` inside it (block starts on the grid).
+
+    >>> block_edges(100, 1100, 512)
+    [100, 512, 1024, 1100]
+    """
     return [a, *range((a // step + 1) * step, b, step), b]
 
 
-def country_shards(region: Region, polygons: Any, shard: int, *, buffer_m: float = 2000.0,
-                   seed: int = 0) -> list[tuple[int, int]]:
+def as_slice(region: Any, align: int = 1) -> GridSlice:
+    """The slice of the global grid for what a user passes as a region (see :func:`as_region`).
+
+    A :class:`GridSlice` is taken as it is; anything else becomes the smallest slice covering it,
+    aligned to multiples of ``align`` pixels.
+    """
+    return region if isinstance(region, GridSlice) else as_region(region).slice(align)
+
+
+def country_shards(
+    region: Region, polygons: Any, shard: int, *, buffer_m: float = 2000.0, seed: int = 0
+) -> list[tuple[int, int]]:
     """Shards around a country's mining polygons, plus as many sampled mine-free shards of it.
 
     ``polygons`` is a GeoDataFrame in the grid CRS (see :func:`miningxr.labels.read_polygons`).
@@ -287,14 +353,17 @@ def as_region(obj: Any) -> Region:
         return Region(f"slice{obj.row0}:{obj.row1},{obj.col0}:{obj.col1}", obj.geobox.extent)
     if isinstance(obj, GeoBox):
         return Region("geobox", obj.extent.to_crs(CRS_GRID))
-    if isinstance(obj, (tuple, list)) and len(obj) == 4 and all(
-            isinstance(v, (int, float, np.number)) for v in obj):
+    if (
+        isinstance(obj, (tuple, list))
+        and len(obj) == 4
+        and all(isinstance(v, (int, float, np.number)) for v in obj)
+    ):
         return Region.from_bbox(obj)
     return Region.from_geometry(obj)
 
 
 @functools.cache
-def country_table():  # -> geopandas.GeoDataFrame
+def country_table() -> gpd.GeoDataFrame:
     """ISO3 code, name and outline of every country (Natural Earth 1:110m, public domain)."""
     import geopandas as gpd
 
@@ -311,7 +380,7 @@ def country_name(code: str) -> str | None:
 def _suggest_country(code: str) -> str:
     table = country_table()
     codes = list(table["ISO3_CODE"])
-    names = dict(zip(table["COUNTRY_NAME"].str.lower(), table["ISO3_CODE"]))
+    names = dict(zip(table["COUNTRY_NAME"].str.lower(), table["ISO3_CODE"], strict=True))
     close = difflib.get_close_matches(code.upper(), codes, n=3, cutoff=0.6)
     close += [names[n] for n in difflib.get_close_matches(code.lower(), list(names), n=2)]
     hint = "Use an ISO 3166-1 alpha-3 code such as 'ZAF' (South Africa)"

@@ -16,17 +16,26 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask.array as da
 import numpy as np
+import shapely
 import xarray as xr
-from affine import Affine
-from rasterio import features
+import zarr
+from shapely.geometry import MultiPolygon, Polygon
 
-from .grid import _X0, _Y1, CRS_GRID, RESOLUTION, GridSlice
+from .catalog import NO_YEAR, Catalog
+from .encoding import MASK_ATTRS
+from .errors import LabelError
+from .grid import CRS_GRID, GridSlice, as_slice, country_table, pixel_affine
+from .shards import IngestReport, run_shards, shard_writer
+from .store import open_store, store_layout
+
+if TYPE_CHECKING:
+    pass
 
 log = logging.getLogger("miningxr")
 
@@ -35,10 +44,6 @@ SCHEMA_COLUMNS = ("ISO3_CODE", "COUNTRY_NAME", "AREA")
 #: how far (m) a polygon outside every outline of the coarse country table may lie and still
 #: take the nearest country (coastal mines, tailings in estuaries)
 COUNTRY_SNAP_M = 50_000.0
-
-
-class LabelError(ValueError):
-    """A polygon file or selection that cannot be used as labels."""
 
 
 def parse_columns(items: Any) -> dict[str, str]:
@@ -56,8 +61,10 @@ def parse_columns(items: Any) -> dict[str, str]:
             pairs[ours.strip()] = theirs.strip()
     unknown = [k for k in pairs if k not in SCHEMA_COLUMNS]
     if unknown:
-        raise LabelError(f"column mapping names {unknown}, which are not in our schema "
-                         f"{list(SCHEMA_COLUMNS)}; map OURS=THEIRS, e.g. ISO3_CODE=iso_a3")
+        raise LabelError(
+            f"column mapping names {unknown}, which are not in our schema "
+            f"{list(SCHEMA_COLUMNS)}; map OURS=THEIRS, e.g. ISO3_CODE=iso_a3"
+        )
     return pairs
 
 
@@ -70,8 +77,10 @@ def check_polygon_file(path: str | os.PathLike, layer: str | None = None) -> str
 
     path = Path(path)
     if not path.exists():
-        raise LabelError(f"polygon file {path} does not exist; give the path of a GeoPackage or "
-                         "shapefile of mining polygons (--polygons)")
+        raise LabelError(
+            f"polygon file {path} does not exist; give the path of a GeoPackage or "
+            "shapefile of mining polygons (--polygons)"
+        )
     try:
         layers = pyogrio.list_layers(path)
     except Exception as e:  # pyogrio raises DataSourceError and friends
@@ -91,8 +100,14 @@ def check_polygon_file(path: str | os.PathLike, layer: str | None = None) -> str
     return layer
 
 
-def read_polygons(path: str | os.PathLike | Any, *, country: str | None = None,
-                  layer: str | None = None, columns: Any = None, require_columns: bool = True):
+def read_polygons(
+    path: str | os.PathLike | Any,
+    *,
+    country: str | None = None,
+    layer: str | None = None,
+    columns: Any = None,
+    require_columns: bool = True,
+):
     """Read a mining-polygons file into the grid CRS, checked, repaired and completed.
 
     Real files vary, and each is accepted: the global mining polygons v1/v2 GeoPackages
@@ -135,8 +150,10 @@ def read_polygons(path: str | os.PathLike | Any, *, country: str | None = None,
         name, checksum = path.name, _file_checksum(path)
     absent = [theirs for theirs in mapping.values() if theirs not in gdf.columns]
     if absent:
-        raise LabelError(f"the column mapping names {absent}, which the polygons lack; their "
-                         f"columns are {[c for c in gdf.columns if c != gdf.geometry.name]}")
+        raise LabelError(
+            f"the column mapping names {absent}, which the polygons lack; their "
+            f"columns are {[c for c in gdf.columns if c != gdf.geometry.name]}"
+        )
     gdf = gdf.rename(columns={theirs: ours for ours, theirs in mapping.items()})
     if gdf.crs is None:
         raise LabelError("the polygons have no CRS; set one (e.g. EPSG:4326) in the file or with .set_crs()")
@@ -144,18 +161,26 @@ def read_polygons(path: str | os.PathLike | Any, *, country: str | None = None,
     gdf["row_id"] = gdf.index
     empty = gdf.geometry.isna() | gdf.geometry.is_empty
     if empty.any():
-        log.warning("dropping %d polygon(s) with empty geometry: row id(s) %s", int(empty.sum()),
-                    gdf.row_id[empty].tolist()[:20])
+        log.warning(
+            "dropping %d polygon(s) with empty geometry: row id(s) %s",
+            int(empty.sum()),
+            gdf.row_id[empty].tolist()[:20],
+        )
         gdf = gdf[~empty]
     kinds = gdf.geom_type
     bad = ~kinds.isin(["Polygon", "MultiPolygon"])
     if bad.any():
-        raise LabelError(f"{int(bad.sum())} geometr(y/ies) are not polygons ({sorted(set(kinds[bad]))}) at "
-                         f"row id(s) {gdf.row_id[bad].tolist()[:20]}; mining labels must be (multi)polygons")
+        raise LabelError(
+            f"{int(bad.sum())} geometr(y/ies) are not polygons ({sorted(set(kinds[bad]))}) at "
+            f"row id(s) {gdf.row_id[bad].tolist()[:20]}; mining labels must be (multi)polygons"
+        )
     invalid = ~gdf.geometry.is_valid
     if invalid.any():
-        log.warning("repairing %d invalid polygon(s) with make_valid: row id(s) %s",
-                    int(invalid.sum()), gdf.row_id[invalid].tolist()[:20])
+        log.warning(
+            "repairing %d invalid polygon(s) with make_valid: row id(s) %s",
+            int(invalid.sum()),
+            gdf.row_id[invalid].tolist()[:20],
+        )
         gdf["geometry"] = valid_polygons(gdf.geometry)
         gdf = gdf[~(gdf.geometry.isna() | gdf.geometry.is_empty)]
     gdf = gdf.to_crs(CRS_GRID.to_wkt())
@@ -167,10 +192,10 @@ def read_polygons(path: str | os.PathLike | Any, *, country: str | None = None,
         gdf = _join_countries(gdf)
         derived += ["ISO3_CODE", "COUNTRY_NAME"]
     elif "ISO3_CODE" in gdf.columns and "COUNTRY_NAME" not in gdf.columns:
-        from .grid import country_table
-
         table = country_table()
-        gdf["COUNTRY_NAME"] = gdf["ISO3_CODE"].map(dict(zip(table["ISO3_CODE"], table["COUNTRY_NAME"])))
+        gdf["COUNTRY_NAME"] = gdf["ISO3_CODE"].map(
+            dict(zip(table["ISO3_CODE"], table["COUNTRY_NAME"], strict=True))
+        )
         derived.append("COUNTRY_NAME")
     if derived:
         log.info("%s: derived column(s) %s", name, derived)
@@ -192,8 +217,6 @@ def _join_countries(gdf):
     holding its representative point, else the nearest within :data:`COUNTRY_SNAP_M`."""
     import geopandas as gpd
 
-    from .grid import country_table
-
     table = country_table().to_crs(gdf.crs)[["ISO3_CODE", "COUNTRY_NAME", "geometry"]]
     points = gpd.GeoDataFrame(geometry=gdf.geometry.representative_point(), crs=gdf.crs)
     hit = gpd.sjoin(points, table, how="left", predicate="within")
@@ -208,18 +231,20 @@ def _join_countries(gdf):
     out["COUNTRY_NAME"] = hit["COUNTRY_NAME"].to_numpy()
     n = int(out["ISO3_CODE"].isna().sum())
     if n:
-        log.warning("%d polygon(s) lie in no country of the built-in table (nor within %.0f km of one); "
-                    "their ISO3_CODE is empty", n, COUNTRY_SNAP_M / 1e3)
+        log.warning(
+            "%d polygon(s) lie in no country of the built-in table (nor within %.0f km of one); "
+            "their ISO3_CODE is empty",
+            n,
+            COUNTRY_SNAP_M / 1e3,
+        )
     return out
 
 
 def valid_polygons(geoms):
     """A GeoSeries with every geometry valid: invalid ones are repaired with ``make_valid``,
     keeping the polygonal part (make_valid may return a collection with lines or points)."""
-    import shapely
-    from shapely.geometry import MultiPolygon, Polygon
 
-    def fix(g):
+    def fix(g: Any) -> Any:
         if g is None or g.is_valid:
             return g
         g = shapely.make_valid(g)
@@ -243,58 +268,45 @@ def _frame_checksum(gdf) -> str:
     return hashlib.sha256(b"".join(gdf.geometry.to_wkb().values)).hexdigest()
 
 
-# rasterio silences its own NotGeoreferencedWarning for the in-memory raster it burns into with
-# ``warnings.catch_warnings``, which is not thread-safe: two Dask threads rasterizing at once
-# leak the warning to the user. ``rasterize`` holds the GIL throughout, so taking turns costs no
-# parallelism.
-_RASTERIZE_LOCK = threading.Lock()
-
-
-def burn_block(shapes, row0: int, col0: int, shape: tuple[int, int], *, dtype=np.uint8,
-               all_touched: bool = False) -> np.ndarray:
-    """Rasterize ``(geometry, value)`` pairs in grid CRS into the block whose top-left pixel is
-    ``(row0, col0)`` on the global grid."""
-    transform = Affine(RESOLUTION, 0, _X0 + col0 * RESOLUTION, 0, -RESOLUTION, _Y1 - row0 * RESOLUTION)
-    with _RASTERIZE_LOCK:
-        return features.rasterize(shapes, out_shape=shape, transform=transform, fill=0,
-                                  all_touched=all_touched, dtype=dtype)
-
-
-def _burn(parts: np.ndarray, row0: int, col0: int, shape: tuple[int, int], all_touched: bool,
-          values: bool) -> np.ndarray:
+def _burn(
+    parts: np.ndarray, row0: int, col0: int, shape: tuple[int, int], all_touched: bool, values: bool
+) -> np.ndarray:
     """Rasterize the polygons that intersect one block (given as WKB) into it."""
-    import shapely
-
     wkbs, vals = parts.item()
     dtype = np.int32 if values else np.uint8
     if not wkbs:
         return np.zeros(shape, dtype)
     geoms = shapely.from_wkb(np.asarray(wkbs, dtype=object))
-    return burn_block(zip(geoms, vals), row0, col0, shape, dtype=dtype, all_touched=all_touched)
+    block = GridSlice(row0, row0 + shape[0], col0, col0 + shape[1])
+    return block.rasterize(zip(geoms, vals, strict=True), dtype=dtype, all_touched=all_touched)
 
 
-def rasterize_blocks(gslice: GridSlice, polygons, row_chunks: tuple[int, ...], col_chunks: tuple[int, ...], *,
-                     all_touched: bool = False, values: np.ndarray | None = None) -> da.Array:
+def rasterize_blocks(
+    gslice: GridSlice,
+    polygons,
+    row_chunks: tuple[int, ...],
+    col_chunks: tuple[int, ...],
+    *,
+    all_touched: bool = False,
+    values: np.ndarray | None = None,
+) -> da.Array:
     """A lazy ``(y, x)`` raster of polygons: one ``map_blocks`` task per block.
 
     The spatial index picks, on the client, only the polygons that touch each block, so each
     task carries and burns just those.
     """
-    import shapely
-
     geoms = np.asarray(shapely.to_wkb(polygons.geometry.values), dtype=object)
     vals = np.ones(len(polygons), np.int64) if values is None else np.asarray(values)
     tree = polygons.sindex
     redges = np.concatenate([[0], np.cumsum(row_chunks)]) + gslice.row0
     cedges = np.concatenate([[0], np.cumsum(col_chunks)]) + gslice.col0
     parts = np.empty((len(row_chunks), len(col_chunks)), dtype=object)
-    from shapely.geometry import box
-
+    to_xy = pixel_affine()
     for i in range(len(row_chunks)):
         for j in range(len(col_chunks)):
-            x0, x1 = _X0 + cedges[j] * RESOLUTION, _X0 + cedges[j + 1] * RESOLUTION
-            y1, y0 = _Y1 - redges[i] * RESOLUTION, _Y1 - redges[i + 1] * RESOLUTION
-            hit = tree.query(box(x0, y0, x1, y1), predicate="intersects")
+            x0, y1 = to_xy @ (cedges[j], redges[i])
+            x1, y0 = to_xy @ (cedges[j + 1], redges[i + 1])
+            hit = tree.query(shapely.box(x0, y0, x1, y1), predicate="intersects")
             hit.sort()
             parts[i, j] = (list(geoms[hit]), list(vals[hit]))
     index = da.from_array(parts, chunks=1, name=False)
@@ -304,12 +316,18 @@ def rasterize_blocks(gslice: GridSlice, polygons, row_chunks: tuple[int, ...], c
         shape = (row_chunks[i], col_chunks[j])
         return _burn(p, int(redges[i]), int(cedges[j]), shape, all_touched, values is not None)
 
-    return da.map_blocks(block, index, chunks=(row_chunks, col_chunks),
-                         dtype=np.int32 if values is not None else np.uint8, meta=np.empty((0, 0)))
+    return da.map_blocks(
+        block,
+        index,
+        chunks=(row_chunks, col_chunks),
+        dtype=np.int32 if values is not None else np.uint8,
+        meta=np.empty((0, 0)),
+    )
 
 
-def mining_mask(obj: xr.Dataset | xr.DataArray, polygons: Any, *, all_touched: bool = False,
-                country: str | None = None) -> xr.DataArray:
+def mining_mask(
+    obj: xr.Dataset | xr.DataArray, polygons: Any, *, all_touched: bool = False, country: str | None = None
+) -> xr.DataArray:
     """Rasterize mining polygons onto the grid of ``obj``, lazily, block by block.
 
     Parameters
@@ -335,8 +353,11 @@ def mining_mask(obj: xr.Dataset | xr.DataArray, polygons: Any, *, all_touched: b
     >>> float(mask.mean())  # doctest: +SKIP
     0.07
     """
-    gdf = polygons if hasattr(polygons, "sindex") and polygons.crs == CRS_GRID else \
-        read_polygons(polygons, country=country)
+    gdf = (
+        polygons
+        if hasattr(polygons, "sindex") and polygons.crs == CRS_GRID
+        else read_polygons(polygons, country=country)
+    )
     gslice = GridSlice.of_coords(obj)
     ref = obj["landsat"] if isinstance(obj, xr.Dataset) and "landsat" in obj else obj
     chunks = ref.chunksizes if ref.chunks is not None else {}
@@ -346,58 +367,76 @@ def mining_mask(obj: xr.Dataset | xr.DataArray, polygons: Any, *, all_touched: b
     coords = {k: obj.coords[k] for k in ("y", "x")}
     if "spatial_ref" in obj.coords:
         coords["spatial_ref"] = obj.coords["spatial_ref"]
-    return xr.DataArray(data, dims=("y", "x"), coords=coords, name="mining", attrs={
-        "polygons": gdf.attrs.get("name", "<memory>"), "polygons_sha256": gdf.attrs.get("checksum", ""),
-        "all_touched": int(all_touched), "grid_mapping": "spatial_ref", "flag_values": [0, 1],
-        "flag_meanings": "other mining"})
+    return xr.DataArray(
+        data,
+        dims=("y", "x"),
+        coords=coords,
+        name="mining",
+        attrs={
+            **MASK_ATTRS,
+            "polygons": gdf.attrs.get("name", "<memory>"),
+            "polygons_sha256": gdf.attrs.get("checksum", ""),
+            "all_touched": int(all_touched),
+            "grid_mapping": "spatial_ref",
+        },
+    )
 
 
-def write_mask(store: str | os.PathLike, polygons: Any, *, region: Any = None, all_touched: bool = False,
-               country: str | None = None, layer: str | None = None, columns: Any = None,
-               scheduler: str | None = None, progress: bool = True, force: bool = False):
+def write_mask(
+    store: str | os.PathLike,
+    polygons: Any,
+    *,
+    region: Any = None,
+    all_touched: bool = False,
+    country: str | None = None,
+    layer: str | None = None,
+    columns: Any = None,
+    scheduler: str | None = None,
+    progress: bool = True,
+    force: bool = False,
+) -> IngestReport:
     """Rasterize polygons into the store's ``mining`` variable for every ingested shard.
 
-    Each shard is one Dask task tracked in the catalog, as for ingest. ``layer`` and
-    ``columns`` are as for :func:`read_polygons`. Returns an
-    :class:`~miningxr.ingest.IngestReport`.
+    Each shard is one Dask task tracked in the catalog, as for ingest; shards already done are
+    skipped unless ``force`` or the polygons changed. ``region`` limits it to the shards that
+    region touches; ``layer`` and ``columns`` are as for :func:`read_polygons`.
     """
-    import time
-
-    import zarr
-    from .ingest import IngestReport, run_yearless_shards
-    from .store import Catalog, open_store, store_layout, write_block
-
     t0 = time.perf_counter()
     layout = store_layout(store)
     gdf = read_polygons(polygons, country=country, layer=layer, columns=columns)
-    ds = open_store(store, region=region, chunks=layout.shard)
-    with Catalog(store) as cat:
+    with Catalog(store, readonly=True) as cat:
         done = cat.shards("landsat", state="done")
-    gslice = GridSlice.of_coords(ds)
-    ids = sorted({(r, c) for r, c in zip(done.shard_row, done.shard_col)
-                  if gslice.row0 <= r * layout.shard < gslice.row1
-                  and gslice.col0 <= c * layout.shard < gslice.col1})
+    ids = sorted({(int(r), int(c)) for r, c in zip(done.shard_row, done.shard_col, strict=True)})
+    if region is not None:
+        wanted = set(as_slice(region, layout.shard).shard_ids(layout.shard))
+        ids = [i for i in ids if i in wanted]
+    report = IngestReport(store=str(store), planned=len(ids))
+    if not ids:
+        raise LabelError(
+            f"{store} holds no ingested shard{' in that region' if region is not None else ''} "
+            "to rasterize masks into; ingest imagery there first (`miningxr ingest`)"
+        )
+    cover = GridSlice.covering(ids, layout.shard)
+    ds = open_store(store, region=cover, chunks=layout.shard)
     mask = mining_mask(ds, gdf, all_touched=all_touched).data
     root = zarr.open_group(str(store), mode="r+")
     previous = root["mining"].attrs.get("polygons_sha256")
     new_file = previous not in (None, gdf.attrs["checksum"])
-    root["mining"].attrs.update(polygons=gdf.attrs["name"], polygons_sha256=gdf.attrs["checksum"],
-                                all_touched=int(all_touched))
-    report = IngestReport(store=str(store), planned=len(ids))
-    blocks = mask.to_delayed()
-    rows = list(np.cumsum([0, *mask.chunks[0]]) + gslice.row0)
-    cols = list(np.cumsum([0, *mask.chunks[1]]) + gslice.col0)
-
-    def task(key):
-        import dask
-
-        _, r, c = key
-        i, j = rows.index(r * layout.shard), cols.index(c * layout.shard)
-        index = (slice(rows[i], rows[i + 1]), slice(cols[j], cols[j + 1]))
-        return dask.delayed(write_block, pure=False)(str(store), "mining", index, blocks[i, j])
-
-    run_yearless_shards(str(store), "mining", ids, gdf.attrs["name"], task, report, desc="rasterize masks",
-                        scheduler=scheduler, progress=progress, force=force or new_file)
+    root["mining"].attrs.update(
+        polygons=gdf.attrs["name"], polygons_sha256=gdf.attrs["checksum"], all_touched=int(all_touched)
+    )
+    task = shard_writer(store, "mining", mask, cover, layout.shard)
+    run_shards(
+        store,
+        "mining",
+        [(NO_YEAR, r, c) for r, c in ids],
+        gdf.attrs["name"],
+        task,
+        report,
+        desc="rasterize masks",
+        scheduler=scheduler,
+        progress=progress,
+        force=force or new_file,
+    )
     report.seconds = time.perf_counter() - t0
     return report
-

@@ -3,7 +3,7 @@
 Reading one 64x64 tile at a time would cost one Zarr decode of a 512x512 chunk per tile. The
 loader instead reads units of 2x2 chunks (256 tiles of 64x64 at the default sizes) in parallel,
 each chunk decoded straight from its shard file into a reused buffer
-(:class:`~miningxr.store.ShardReader`), cuts out the split's tiles with one numpy copy, keeps
+(:class:`~miningxr.shardfile.ShardReader`), cuts out the split's tiles with one numpy copy, keeps
 them packed (int16, band-first) through a shuffle buffer that mixes units, then per batch
 transposes, normalizes with the tile index's statistics and augments in one XLA-compiled
 kernel, and prefetches. With ``client=`` the reads and cuts run on a Dask cluster instead, a
@@ -31,33 +31,16 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import zarr
+from zarr.core.buffer import default_buffer_prototype
 
-from .config import ADD_OFFSET, BANDS, FILL_VALUE, SCALE_FACTOR, TrainConfig
+from .config import BANDS, TrainConfig
+from .encoding import ADD_OFFSET, FILL_VALUE, SCALE_FACTOR
+from .errors import LoaderError
+from .shardfile import ShardReader
+from .store import store_layout
 from .tfimport import import_tensorflow
-
-
-class LoaderError(ValueError):
-    """A split, band list or store the loader cannot serve."""
-
-
-def normalize(dn: np.ndarray, mean: Sequence[float], std: Sequence[float], band_axis: int = -1) -> np.ndarray:
-    """Packed int16 (or decoded float) values -> standardized float32; no data becomes 0.
-
-    The same function serves training and prediction, so both see identical inputs.
-    """
-    shape = [1] * dn.ndim
-    shape[band_axis] = -1
-    mean = np.asarray(mean, np.float32).reshape(shape)
-    std = np.asarray(std, np.float32).reshape(shape)
-    if np.issubdtype(dn.dtype, np.integer):
-        valid = dn != FILL_VALUE
-        x = dn.astype(np.float32) * np.float32(SCALE_FACTOR) + np.float32(ADD_OFFSET)
-    else:
-        x = dn.astype(np.float32, copy=False)
-        valid = np.isfinite(x)
-    out = (x - mean) / std
-    out[~valid] = 0.0
-    return out
+from .tiles import load_tile_index
 
 
 class _ReadsInFlight:
@@ -111,12 +94,10 @@ class ChunkReader:
 
     ``unit`` is the side of one read in pixels, a multiple of the store's chunk. A unit is held
     chunk-major, ``(chunk_row, chunk_col, band, y, x)``, so that each chunk decodes straight
-    into its place (:class:`~miningxr.store.ShardReader`) and no copy assembles the unit.
+    into its place (:class:`~miningxr.shardfile.ShardReader`) and no copy assembles the unit.
     """
 
     def __init__(self, store: str, year: int, bands: Sequence[str], tile: int, unit: int):
-        from .store import store_layout
-
         layout = store_layout(store)
         unknown = [b for b in bands if b not in BANDS]
         if unknown:
@@ -129,10 +110,6 @@ class ChunkReader:
         self._local = threading.local()  # per-thread scratch of read(scratch=True)
 
     def _open(self):
-        import zarr
-
-        from .store import ShardReader
-
         if self._arrays is None:
             root = zarr.open_group(self.store, mode="r", zarr_format=3)
             landsat, mining = root["landsat"], root["mining"]
@@ -145,7 +122,9 @@ class ChunkReader:
         # fresh reader per task measured 3x the CPU of the read itself
         return _process_reader, (self.store, self.year, self.bands, self.tile, self.unit)
 
-    def read(self, row0: int, col0: int, *, scratch: bool = False) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    def read(
+        self, row0: int, col0: int, *, scratch: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
         """The read unit at (row0, col0): all bands, chunk-major, its mask, and its extent.
 
         Returns ``(img, lab, (h, w))``: ``img`` is ``(chunk_row, chunk_col, band, chunk, chunk)``
@@ -161,26 +140,33 @@ class ChunkReader:
         h, w = min(self.unit, landsat.shape[2] - row0), min(self.unit, landsat.shape[3] - col0)
         nr, nc = -(-h // c), -(-w // c)
         shape = (nr, nc, landsat.shape[1], c, c)
-        img, lab = (self._scratch(shape, landsat.dtype, mining.dtype) if scratch else
-                    (np.empty(shape, landsat.dtype), np.empty(shape[:2] + shape[3:], mining.dtype)))
+        img, lab = (
+            self._scratch(shape, landsat.dtype, mining.dtype)
+            if scratch
+            else (np.empty(shape, landsat.dtype), np.empty(shape[:2] + shape[3:], mining.dtype))
+        )
         cells = [(i, j) for i in range(nr) for j in range(nc)]
         grid = [(row0 // c + i, col0 // c + j) for i, j in cells]
         if fast_img is not None and fast_lab is not None:
             fast_img.read([(self.year_index, 0, r, k) for r, k in grid], [img[i, j][None] for i, j in cells])
             fast_lab.read(grid, [lab[i, j] for i, j in cells])
         else:  # a layout ShardReader does not know: zarr reads it, chunk by chunk
-            for (i, j), (r, k) in zip(cells, grid):
+            for (i, j), (r, k) in zip(cells, grid, strict=True):
                 rows = slice(r * c, min((r + 1) * c, landsat.shape[2]))
                 cols = slice(k * c, min((k + 1) * c, landsat.shape[3]))
                 hh, ww = rows.stop - rows.start, cols.stop - cols.start
-                landsat.get_basic_selection((self.year_index, slice(None), rows, cols), out=_nd(img[i, j, :, :hh, :ww]))
+                landsat.get_basic_selection(
+                    (self.year_index, slice(None), rows, cols), out=_nd(img[i, j, :, :hh, :ww])
+                )
                 mining.get_basic_selection((rows, cols), out=_nd(lab[i, j, :hh, :ww]))
         return img, lab, (h, w)
 
     def _scratch(self, shape: tuple[int, ...], dtype, mask_dtype) -> tuple[np.ndarray, np.ndarray]:
         buf = self._local.__dict__
         if buf.get("shape") != shape:  # a unit cut short by the grid edge gets its own
-            buf.update(shape=shape, img=np.empty(shape, dtype), lab=np.empty(shape[:2] + shape[3:], mask_dtype))
+            buf.update(
+                shape=shape, img=np.empty(shape, dtype), lab=np.empty(shape[:2] + shape[3:], mask_dtype)
+            )
         return buf["img"], buf["lab"]
 
     def in_memory(self, origins: np.ndarray) -> ChunkReader:
@@ -188,6 +174,7 @@ class ChunkReader:
 
         Only the reader's bands are kept (e.g. 3 of 7 bands take 3/7 of the memory).
         """
+
         def keep(img, lab, extent):
             everything = self.band_index == list(range(img.shape[2]))
             return (img if everything else img[:, :, self.band_index].copy()), lab, extent
@@ -210,8 +197,6 @@ def _process_reader(store: str, year: int, bands: tuple[str, ...], tile: int, un
 
 def _nd(a: np.ndarray):
     """``a`` as the zarr NDBuffer that ``get_basic_selection(out=...)`` fills in place."""
-    from zarr.core.buffer import default_buffer_prototype
-
     return default_buffer_prototype().nd_buffer.from_numpy_array(a)
 
 
@@ -223,15 +208,24 @@ class _MemoryReader(ChunkReader):
         self.band_index = list(range(len(self.bands)))  # the units hold just the reader's bands
         self._units = units
 
-    def read(self, row0: int, col0: int, *, scratch: bool = False) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    def read(
+        self, row0: int, col0: int, *, scratch: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
         return self._units[(row0, col0)]
 
     def __reduce__(self):
         raise TypeError("an in-memory reader serves only the process that read it; pickle a ChunkReader")
 
 
-def cut_tiles(img: np.ndarray, lab: np.ndarray, selected: np.ndarray, t: int, *,
-              bands: Sequence[int] | None = None, extent: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def cut_tiles(
+    img: np.ndarray,
+    lab: np.ndarray,
+    selected: np.ndarray,
+    t: int,
+    *,
+    bands: Sequence[int] | None = None,
+    extent: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Selected ``t``-pixel tiles of a read unit, band-first: ``(n, band, t, t)`` and ``(n, 1, t, t)``.
 
     ``img`` is a unit ``(band, h, w)`` with its mask ``lab`` ``(h, w)``, or one held
@@ -258,7 +252,7 @@ def cut_tiles(img: np.ndarray, lab: np.ndarray, selected: np.ndarray, t: int, *,
     if bands is None or list(bands) == list(range(nb)):
         x = tiles[at]
     else:
-        x = tiles[tuple(a[:, None] for a in at) + (np.asarray(bands)[None, :],)]
+        x = tiles[(*tuple(a[:, None] for a in at), np.asarray(bands)[None, :])]
     # packed int16 and uint8 travel through the shuffle buffer (half and a quarter of the
     # bytes of float32); the tail normalizes whole batches in one XLA kernel
     return x, (masks[at] > 0).view(np.uint8)[:, None]
@@ -275,11 +269,21 @@ def _chunk_table(tiles, chunk: int, tile: int) -> tuple[np.ndarray, np.ndarray]:
     return keys * chunk, flags
 
 
-def training_dataset(store: str | os.PathLike, index: Any = None, split: str = "train", *,
-                     config: TrainConfig | None = None, batch_size: int | None = None,
-                     shuffle: bool | None = None, augment: bool | None = None, repeat: bool = False,
-                     client: Any = None, prefetch_chunks: int = 8, drop_remainder: bool = False,
-                     in_memory: bool | None = None):
+def training_dataset(
+    store: str | os.PathLike,
+    index: Any = None,
+    split: str = "train",
+    *,
+    config: TrainConfig | None = None,
+    batch_size: int | None = None,
+    shuffle: bool | None = None,
+    augment: bool | None = None,
+    repeat: bool = False,
+    client: Any = None,
+    prefetch_chunks: int = 8,
+    drop_remainder: bool = False,
+    in_memory: bool | None = None,
+):
     """A ``tf.data.Dataset`` of ``(tiles, masks)`` batches for one split of the tile index.
 
     Parameters
@@ -311,20 +315,18 @@ def training_dataset(store: str | os.PathLike, index: Any = None, split: str = "
     """
     tf = import_tensorflow()
 
-    from .store import store_layout
-    from .tiles import load_tile_index
-
     cfg = config or TrainConfig()
     index = load_tile_index(store) if index is None else index
     if index.attrs.get("config", {}).get("tile_size", cfg.tile_size) != cfg.tile_size:
-        raise LoaderError(f"the tile index uses {index.attrs['config']['tile_size']}px tiles, "
-                          f"the config {cfg.tile_size}px; rebuild the index with "
-                          f"tile_index(store, config=TileConfig(tile_size={cfg.tile_size})) (`miningxr "
-                          "train` rebuilds it from the config's tile_size) or train on the index's size")
+        raise LoaderError(
+            f"the tile index uses {index.attrs['config']['tile_size']}px tiles, "
+            f"the config {cfg.tile_size}px; rebuild the index with "
+            f"tile_index(store, config=TileConfig(tile_size={cfg.tile_size})) (`miningxr "
+            "train` rebuilds it from the config's tile_size) or train on the index's size"
+        )
     tiles = index[(index.split == split) & index.selected]
     if tiles.empty:
-        raise LoaderError(f"split {split!r} has no selected tile; splits present: "
-                          f"{sorted(set(index.split))}")
+        raise LoaderError(f"split {split!r} has no selected tile; splits present: {sorted(set(index.split))}")
     stats = index.attrs["stats"]
     band_pos = [stats["bands"].index(b) for b in cfg.bands]
     mean = [stats["mean"][i] for i in band_pos]
@@ -337,8 +339,10 @@ def training_dataset(store: str | os.PathLike, index: Any = None, split: str = "
     origins, flags = _chunk_table(tiles, unit, cfg.tile_size)
     if cfg.in_memory if in_memory is None else in_memory:
         if client is not None:
-            raise LoaderError("in_memory=True (--in-memory) reads the split into this process and cannot "
-                              "run with client= (--scheduler); drop one of them")
+            raise LoaderError(
+                "in_memory=True (--in-memory) reads the split into this process and cannot "
+                "run with client= (--scheduler); drop one of them"
+            )
         reader = reader.in_memory(origins)
     shuffle = split == "train" if shuffle is None else shuffle
     augment = (split == "train" and cfg.augment) if augment is None else augment
@@ -369,19 +373,39 @@ def training_dataset(store: str | os.PathLike, index: Any = None, split: str = "
 
         def gen() -> Iterator:
             seed[0] += 1
-            perm = np.random.default_rng(seed[0]).permutation(len(origins)) if shuffle else range(len(origins))
+            perm = (
+                np.random.default_rng(seed[0]).permutation(len(origins)) if shuffle else range(len(origins))
+            )
             yield from _dask_reads(client, reader, origins, flags, perm, prefetch_chunks)
 
         chunks = tf.data.Dataset.from_generator(gen, output_signature=spec)
         if repeat:
             chunks = chunks.repeat()
-    return _finish(chunks.unbatch(), cfg, mean, std, batch_size or cfg.batch_size, shuffle, augment,
-                   drop_remainder, n_tiles=len(tiles))
+    return _finish(
+        chunks.unbatch(),
+        cfg,
+        mean,
+        std,
+        batch_size or cfg.batch_size,
+        shuffle,
+        augment,
+        drop_remainder,
+        n_tiles=len(tiles),
+    )
 
 
-def dataset_from_arrays(x: np.ndarray, y: np.ndarray, mean: Sequence[float], std: Sequence[float], *,
-                        config: TrainConfig | None = None, batch_size: int | None = None,
-                        shuffle: bool = True, augment: bool = True, repeat: bool = False):
+def dataset_from_arrays(
+    x: np.ndarray,
+    y: np.ndarray,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    config: TrainConfig | None = None,
+    batch_size: int | None = None,
+    shuffle: bool = True,
+    augment: bool = True,
+    repeat: bool = False,
+):
     """The same pipeline tail over packed tiles already in memory (the loader benchmark's baseline).
 
     ``x`` holds int16 store numbers ``(n, bands, tile, tile)``, ``y`` 0/1 masks ``(n, 1, tile, tile)``
@@ -393,8 +417,7 @@ def dataset_from_arrays(x: np.ndarray, y: np.ndarray, mean: Sequence[float], std
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if repeat:
         ds = ds.repeat()
-    return _finish(ds, cfg, mean, std, batch_size or cfg.batch_size, shuffle, augment, False,
-                   n_tiles=len(x))
+    return _finish(ds, cfg, mean, std, batch_size or cfg.batch_size, shuffle, augment, False, n_tiles=len(x))
 
 
 def _dask_reads(client, reader, origins, flags, order, ahead: int) -> Iterator:
@@ -414,19 +437,30 @@ def _dask_reads(client, reader, origins, flags, order, ahead: int) -> Iterator:
             return pending.popleft().result()
 
     for k in order:
-        pending.append(client.submit(ChunkReader.__call__, reader, int(origins[k][0]),
-                                     int(origins[k][1]), flags[k], pure=False))
+        pending.append(
+            client.submit(
+                ChunkReader.__call__, reader, int(origins[k][0]), int(origins[k][1]), flags[k], pure=False
+            )
+        )
         if len(pending) >= ahead:
             yield oldest()
     while pending:
         yield oldest()
 
 
-def prepare_batch(dn, y, mean: Sequence[float], std: Sequence[float], *, augment: bool = False,
-                  brightness: float = 0.1, contrast: float = 0.1):
+def prepare_batch(
+    dn,
+    y,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    augment: bool = False,
+    brightness: float = 0.1,
+    contrast: float = 0.1,
+):
     """A batch of packed band-first tiles -> model input: band-last, standardized, maybe augmented.
 
-    Equal to :func:`normalize` on each tile (no data becomes 0). With ``augment``, the batch gets
+    Equal to :func:`~miningxr.encoding.normalize` on each tile (no data becomes 0). With ``augment``, the batch gets
     one of the 8 flips/rotations (the shuffle mixes tiles between batches) and every tile its own
     contrast and brightness. The random draws happen here; the arithmetic runs in one
     XLA-compiled kernel (:func:`_prepare_kernel`).
@@ -466,20 +500,32 @@ def _prepare_kernel():
     def kernel(dn, y, a, b, k, c, shift):
         dn, y = symmetry(dn, k), symmetry(y, k)
         c = c[:, None, None, None]
-        x = tf.cast(dn, tf.float32) * (a[None, :, None, None] * c) + (b[None, :, None, None] * c
-                                                                      + shift[:, None, None, None])
+        x = tf.cast(dn, tf.float32) * (a[None, :, None, None] * c) + (
+            b[None, :, None, None] * c + shift[:, None, None, None]
+        )
         x = tf.where(dn == FILL_VALUE, 0.0, x)
         return tf.transpose(x, [0, 2, 3, 1]), tf.cast(tf.transpose(y, [0, 2, 3, 1]), tf.float32)
 
     return kernel
 
 
-def _finish(tiles, cfg: TrainConfig, mean, std, batch_size: int, shuffle: bool, augment: bool,
-            drop_remainder: bool, n_tiles: int):
+def _finish(
+    tiles,
+    cfg: TrainConfig,
+    mean,
+    std,
+    batch_size: int,
+    shuffle: bool,
+    augment: bool,
+    drop_remainder: bool,
+    n_tiles: int,
+):
     tf = import_tensorflow()
 
     if shuffle:
-        tiles = tiles.shuffle(min(cfg.shuffle_buffer, max(n_tiles, 1)), seed=cfg.seed, reshuffle_each_iteration=True)
+        tiles = tiles.shuffle(
+            min(cfg.shuffle_buffer, max(n_tiles, 1)), seed=cfg.seed, reshuffle_each_iteration=True
+        )
     # a plain batch: for 57 KB elements the parallel one measured 1.4x the CPU per tile and
     # 2.5x fewer tiles/s
     batches = tiles.batch(batch_size, drop_remainder=drop_remainder)

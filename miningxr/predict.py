@@ -17,54 +17,76 @@ Example
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import os
+import time
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import dask.array as da
 import numpy as np
 import xarray as xr
+import zarr
+from zarr.codecs import ZstdCodec
 
-from .config import FILL_VALUE
-from .loader import normalize
+from .catalog import NO_YEAR, Catalog
+from .config import PredictConfig
+from .encoding import FILL_VALUE, GRID_MAPPING_ATTRS, normalize
+from .errors import ModelFileError, ModelMismatchError, StoreError, YearError
+from .grid import GLOBAL_SHAPE, GridSlice
+from .shards import IngestReport, run_shards, shard_writer
+from .store import check_writable_folder, create_atomically, global_template
+
+if TYPE_CHECKING:
+    import keras
+
+    from .model.unet import TileSpec
 
 
-class ModelMismatchError(ValueError):
-    """A model whose bands or tile size do not fit the data it is asked to predict."""
+def _unet() -> ModuleType:
+    """:mod:`miningxr.model.unet`, imported on first use: TensorFlow loads only when a model is."""
+    from .model import unet
+
+    return unet
 
 
 @functools.lru_cache(maxsize=4)
-def _load(path: str):
+def _load(path: str) -> keras.Model:
     # once per worker process: loading a .keras file costs far more than one block
-    from .model.unet import load_model
-
-    return load_model(path)
+    return _unet().load_model(path)
 
 
-def _resolve(model: Any):
+def _resolve(model: Any) -> keras.Model:
     if isinstance(model, (str, os.PathLike)):
         p = Path(model)
         if not p.exists():
-            raise FileNotFoundError(f"model file {p} does not exist; train one with `miningxr train`")
+            raise ModelFileError(f"model file {p} does not exist; train one with `miningxr train`")
         return _load(str(p.resolve()))
     return model
 
 
+def _spec(model: Any) -> TileSpec:
+    return _unet().model_spec(_resolve(model))
+
+
 def check_compatible(model: Any, obj: xr.DataArray | xr.Dataset) -> None:
     """Refuse a model whose bands are not all in the data, naming what differs."""
-    from .model.unet import model_spec
-
-    spec = model_spec(_resolve(model))
+    spec = _spec(model)
     bands = [str(b) for b in obj["band"].values] if "band" in obj.coords else []
     missing = [b for b in spec.bands if b not in bands]
     if missing:
-        raise ModelMismatchError(f"the model was trained on bands {spec.bands} but the data has {bands} "
-                                 f"(missing {missing}); predict with a model trained on this store's bands")
+        raise ModelMismatchError(
+            f"the model was trained on bands {spec.bands} but the data has {bands} "
+            f"(missing {missing}); predict with a model trained on this store's bands"
+        )
     shape = _resolve(model).input_shape
     if shape[1] != spec.tile_size or shape[3] != len(spec.bands):
-        raise ModelMismatchError(f"model input {shape} does not match its TileSpec "
-                                 f"({spec.tile_size}px, {len(spec.bands)} bands)")
+        raise ModelMismatchError(
+            f"model input {shape} does not match its TileSpec ({spec.tile_size}px, {len(spec.bands)} bands)"
+        )
 
 
 def _weights(tile: int, overlap: int) -> np.ndarray:
@@ -76,17 +98,22 @@ def _weights(tile: int, overlap: int) -> np.ndarray:
     return np.outer(ramp, ramp).astype(np.float32)
 
 
-def predict_array(x: np.ndarray, model: Any, *, origin: tuple[int, int] = (0, 0),
-                  out_shape: tuple[int, int] | None = None, overlap: int = 0, batch_size: int = 64) -> np.ndarray:
+def predict_array(
+    x: np.ndarray,
+    model: Any,
+    *,
+    origin: tuple[int, int] = (0, 0),
+    out_shape: tuple[int, int] | None = None,
+    overlap: int = 0,
+    batch_size: int = 64,
+) -> np.ndarray:
     """Predict a ``(y, x, band)`` standardized numpy block on the global-to-the-cube tile grid.
 
     ``origin`` is where ``x[0, 0]`` lies relative to the tile grid's anchor; the output covers
     ``x[halo:halo+out_shape]`` where halo is implied by ``x.shape - out_shape``.
     """
-    from .model.unet import model_spec
-
     model = _resolve(model)
-    t = model_spec(model).tile_size
+    t = _spec(model).tile_size
     stride = t - overlap
     h, w = x.shape[:2]
     oh, ow = out_shape or (h, w)
@@ -109,20 +136,27 @@ def predict_array(x: np.ndarray, model: Any, *, origin: tuple[int, int] = (0, 0)
     n_batches = -(-len(pos) // batch_size)
     size = -(-len(pos) // max(n_batches, 1))
     for b in range(0, len(pos), size):
-        batch = pos[b:b + size]
-        tiles = np.stack([x[r:r + t, c:c + t] for r, c in batch])
+        batch = pos[b : b + size]
+        tiles = np.stack([x[r : r + t, c : c + t] for r, c in batch])
         # predict_on_batch runs the compiled predict function (eager model(...) is ~1.5x slower)
         p = np.asarray(model.predict_on_batch(tiles))[..., 0]
-        for (r, c), pt in zip(batch, p):
-            acc[r:r + t, c:c + t] += pt * wt
-            wsum[r:r + t, c:c + t] += wt
+        for (r, c), pt in zip(batch, p, strict=True):
+            acc[r : r + t, c : c + t] += pt * wt
+            wsum[r : r + t, c : c + t] += wt
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(wsum > 0, acc / wsum, np.nan)
-    return out[hy:hy + oh, hx:hx + ow].astype(np.float32)
+    return out[hy : hy + oh, hx : hx + ow].astype(np.float32)
 
 
-def predict(ds: xr.Dataset | xr.DataArray, model: Any, *, overlap: int = 16, batch_size: int = 64,
-            year: int | None = None) -> xr.DataArray:
+def predict(
+    ds: xr.Dataset | xr.DataArray,
+    model: Any,
+    *,
+    config: PredictConfig | None = None,
+    year: int | None = None,
+    overlap: int | None = None,
+    batch_size: int | None = None,
+) -> xr.DataArray:
     """Mining probability for every pixel of a cube, lazily, with the cube's grid and chunks.
 
     Parameters
@@ -133,12 +167,13 @@ def predict(ds: xr.Dataset | xr.DataArray, model: Any, *, overlap: int = 16, bat
     model
         A Keras model built by miningxr, or the path of its ``.keras`` file (loaded once per
         worker).
-    overlap
-        Pixels by which neighbouring tiles overlap; their predictions are blended.
-    batch_size
-        Tiles per model call.
+    config
+        Tile overlap and tiles per model call (:class:`~miningxr.config.PredictConfig`).
     year
         Which year to predict when the cube holds several (default: the only or the last one).
+    overlap, batch_size
+        Override those fields of ``config``: pixels by which neighbouring tiles overlap (their
+        predictions are blended), and tiles per model call.
 
     Returns
     -------
@@ -146,21 +181,27 @@ def predict(ds: xr.Dataset | xr.DataArray, model: Any, *, overlap: int = 16, bat
         ``mining_probability`` float32 ``(y, x)`` with exactly the input's ``x``/``y``
         coordinates, ``spatial_ref`` and chunks.
     """
-    from .model.unet import model_spec
-
+    cfg = config or PredictConfig()
+    changes = {k: v for k, v in (("overlap", overlap), ("batch_size", batch_size)) if v is not None}
+    cfg = dataclasses.replace(cfg, **changes)  # validated again
+    overlap, batch_size = cfg.overlap, cfg.batch_size
     arr = ds["landsat"] if isinstance(ds, xr.Dataset) else ds
     if "year" in arr.dims:
         held = [int(y) for y in arr.year.values]
         if year is not None and int(year) not in held:
-            raise ValueError(f"year {year} is not in the cube, which holds {held}; open the store "
-                             "with that year (open_store(..., years=...)) or pick one of these")
+            raise YearError(
+                f"year {year} is not in the cube, which holds {held}; open the store "
+                "with that year (open_store(..., years=...)) or pick one of these"
+            )
         arr = arr.sel(year=int(year) if year is not None else held[-1])
     check_compatible(model, arr)
     m = _resolve(model)
-    spec = model_spec(m)
+    spec = _spec(m)
     t = spec.tile_size
-    if not 0 <= overlap < t:
-        raise ValueError(f"overlap must be in [0, {t - 1}] for {t}px tiles, got {overlap}")
+    if overlap >= t:
+        raise ModelMismatchError(
+            f"overlap must be in [0, {t - 1}] for the model's {t}px tiles, got {overlap}"
+        )
     arr = arr.sel(band=spec.bands).transpose("y", "x", "band")
     if arr.chunks is None:
         arr = arr.chunk({"y": 512, "x": 512})
@@ -176,8 +217,11 @@ def predict(ds: xr.Dataset | xr.DataArray, model: Any, *, overlap: int = 16, bat
     mean, std = [float(v) for v in spec.mean], [float(v) for v in spec.std]  # plain lists pickle
 
     def run(x: da.Array) -> da.Array:
-        padded = da.overlap.overlap(x, depth={0: halo, 1: halo, 2: 0}, boundary={0: np.nan, 1: np.nan, 2: "none"}) \
-            if halo else x
+        padded = (
+            da.overlap.overlap(x, depth={0: halo, 1: halo, 2: 0}, boundary={0: np.nan, 1: np.nan, 2: "none"})
+            if halo
+            else x
+        )
         rstart = np.concatenate([[0], np.cumsum(row_chunks)])
         cstart = np.concatenate([[0], np.cumsum(col_chunks)])
 
@@ -185,26 +229,47 @@ def predict(ds: xr.Dataset | xr.DataArray, model: Any, *, overlap: int = 16, bat
             i, j, _ = block_info[0]["chunk-location"]
             oh, ow = row_chunks[i], col_chunks[j]
             z = normalize(b, mean, std)
-            p = predict_array(z, model_ref, origin=(int(rstart[i]) - halo, int(cstart[j]) - halo),
-                              out_shape=(oh, ow), overlap=overlap, batch_size=batch_size)
+            p = predict_array(
+                z,
+                model_ref,
+                origin=(int(rstart[i]) - halo, int(cstart[j]) - halo),
+                out_shape=(oh, ow),
+                overlap=overlap,
+                batch_size=batch_size,
+            )
             # a pixel without a single valid band has no evidence: say so rather than guess
-            core = b[halo:halo + oh, halo:halo + ow]
-            nodata = (core == FILL_VALUE).all(axis=-1) if core.dtype.kind == "i" else \
-                ~np.isfinite(core).any(axis=-1)
+            core = b[halo : halo + oh, halo : halo + ow]
+            nodata = (
+                (core == FILL_VALUE).all(axis=-1)
+                if core.dtype.kind == "i"
+                else ~np.isfinite(core).any(axis=-1)
+            )
             if nodata.any():
                 p = np.where(nodata, np.float32(np.nan), p)
             return p
 
-        return da.map_blocks(block, padded, chunks=(row_chunks, col_chunks), drop_axis=2, dtype=np.float32,
-                             meta=np.empty((0, 0), np.float32))
+        return da.map_blocks(
+            block,
+            padded,
+            chunks=(row_chunks, col_chunks),
+            drop_axis=2,
+            dtype=np.float32,
+            meta=np.empty((0, 0), np.float32),
+        )
 
     out = xr.apply_ufunc(run, arr, input_core_dims=[["band"]], dask="allowed", keep_attrs=False)
     out = out.chunk(in_chunks)  # exactly the input's chunks
     if "spatial_ref" in arr.coords:  # apply_ufunc drops coordinate attrs, and with them the CRS
         out = out.assign_coords(spatial_ref=arr.coords["spatial_ref"])
     out.name = "mining_probability"
-    out.attrs.update(long_name="probability of mining", units="1", grid_mapping="spatial_ref",
-                     overlap=overlap, tile_size=t, model=str(model) if isinstance(model, (str, os.PathLike)) else m.name)
+    out.attrs.update(
+        long_name="probability of mining",
+        units="1",
+        grid_mapping="spatial_ref",
+        overlap=overlap,
+        tile_size=t,
+        model=str(model) if isinstance(model, (str, os.PathLike)) else m.name,
+    )
     return out
 
 
@@ -218,26 +283,16 @@ def _min_chunks(chunks: tuple[int, ...], depth: int) -> tuple[int, ...]:
     return tuple(out)
 
 
-def write_predictions(pred: xr.DataArray, path: str | os.PathLike, *, progress: bool = True,
-                      scheduler: str | None = None):
+def write_predictions(
+    pred: xr.DataArray, path: str | os.PathLike, *, progress: bool = True, scheduler: str | None = None
+) -> IngestReport:
     """Write a prediction into a Zarr store aligned to its input, one shard-sized task at a time.
 
     The store is a global store of the same layout as the input's, so predictions of several
     regions land in one place and read back with :func:`~miningxr.open_store`-like slicing. Its
     catalog records the shards done, so an interrupted write resumes. Returns an
-    :class:`~miningxr.ingest.IngestReport`.
+    :class:`~miningxr.shards.IngestReport`.
     """
-    import time
-
-    import zarr
-    from zarr.codecs import ZstdCodec
-
-    from .grid import GLOBAL_SHAPE, GridSlice, block_edges
-    from .ingest import IngestReport, run_yearless_shards
-    from .store import create_atomically, global_template, write_block
-
-    from .store import StoreError, check_writable_folder
-
     t0 = time.perf_counter()
     path = Path(path)
     gslice = GridSlice.of_coords(pred)
@@ -245,61 +300,81 @@ def write_predictions(pred: xr.DataArray, path: str | os.PathLike, *, progress: 
     shard = 2048 if 2048 % chunk == 0 else chunk
     year = int(pred.coords["year"]) if "year" in pred.coords and pred.coords["year"].ndim == 0 else None
     model = _model_identity(pred.attrs.get("model"))
-    # checked before any write: a file in the way, a folder we cannot write, or a prediction
-    # store of another year or model (it has no year axis: mixing would mislabel values)
+    _check_prediction_store(path, year, model)
+
+    def build(tmp: Path) -> None:
+        global_template().to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False)
+        root = zarr.open_group(tmp, mode="r+", zarr_format=3)
+        root.create_array(
+            "mining_probability",
+            shape=GLOBAL_SHAPE,
+            dtype="float32",
+            chunks=(chunk, chunk),
+            shards=(shard, shard),
+            fill_value=np.nan,
+            compressors=ZstdCodec(level=3),
+            dimension_names=("y", "x"),
+            attributes={**pred.attrs, **GRID_MAPPING_ATTRS, **({"year": year} if year is not None else {})},
+        )
+        root.attrs["miningxr_predictions"] = {"shard": shard, "chunk": chunk, "year": year, "model": model}
+
+    if not (path / "zarr.json").exists():
+        create_atomically(path, build)  # False: a concurrent writer made it first; use theirs
+    shard = int(_prediction_meta(path)["shard"])
+    keys = [(NO_YEAR, r, c) for r, c in gslice.shard_ids(shard)]
+    report = IngestReport(store=str(path), planned=len(keys))
+    task = shard_writer(path, "mining_probability", pred.data, gslice, shard)
+    run_shards(
+        path,
+        "mining_probability",
+        keys,
+        "predict",
+        task,
+        report,
+        desc="predict",
+        scheduler=scheduler,
+        progress=progress,
+    )
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _check_prediction_store(path: Path, year: int | None, model: str | None) -> None:
+    """Refuse, before any write, a file in the way, a folder we cannot write, or a prediction
+    store of another year or model (it has no year axis: mixing them would mislabel values)."""
     if path.exists() and not path.is_dir():
-        raise StoreError(f"{path} is a file, not a prediction store; give --out a new or existing "
-                         "prediction store folder (e.g. pred.zarr)")
+        raise StoreError(
+            f"{path} is a file, not a prediction store; give --out a new or existing "
+            "prediction store folder (e.g. pred.zarr)"
+        )
     if (path / "zarr.json").exists():
-        have = zarr.open_group(path, mode="r").attrs.get("miningxr_predictions")
-        if have is None:
-            raise StoreError(f"{path} is a Zarr store but not a miningxr prediction store; use another --out")
+        have = _prediction_meta(path, what="use another --out")
         if have.get("year") != year:
-            raise StoreError(f"{path} holds predictions of year {have.get('year')}, not {year}; a "
-                             "prediction store holds one year: write this one to another --out")
+            raise StoreError(
+                f"{path} holds predictions of year {have.get('year')}, not {year}; a "
+                "prediction store holds one year: write this one to another --out"
+            )
         if have.get("model") != model:
-            raise StoreError(f"{path} holds predictions of model {have.get('model')}, not {model}; "
-                             "write this model's predictions to another --out")
+            raise StoreError(
+                f"{path} holds predictions of model {have.get('model')}, not {model}; "
+                "write this model's predictions to another --out"
+            )
     elif path.exists() and any(path.iterdir()):
         raise StoreError(f"{path} exists and is not a prediction store; choose an empty or new --out")
     else:
         check_writable_folder(path.parent, what=f"the prediction store {path}")
 
-    def build(tmp: Path) -> None:
-        global_template().to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False)
-        root = zarr.open_group(tmp, mode="r+", zarr_format=3)
-        root.create_array("mining_probability", shape=GLOBAL_SHAPE, dtype="float32", chunks=(chunk, chunk),
-                          shards=(shard, shard), fill_value=np.nan, compressors=ZstdCodec(level=3),
-                          dimension_names=("y", "x"),
-                          attributes={**pred.attrs, "coordinates": "spatial_ref",
-                                      **({"year": year} if year is not None else {})})
-        root.attrs["miningxr_predictions"] = {"shard": shard, "chunk": chunk, "year": year, "model": model}
 
+def _prediction_meta(path: Path, what: str = "write one with `miningxr predict`") -> dict[str, Any]:
+    """The ``miningxr_predictions`` attributes of a prediction store; a clear error if none."""
     if not (path / "zarr.json").exists():
-        create_atomically(path, build)  # False: a concurrent writer made it first; use theirs
-    meta = zarr.open_group(path, mode="r").attrs["miningxr_predictions"]
-    shard = meta["shard"]
-    ids = gslice.shard_ids(shard)
-    # one task per shard: the prediction rechunked so each block is the part of one shard
-    redges = block_edges(gslice.row0, gslice.row1, shard)
-    cedges = block_edges(gslice.col0, gslice.col1, shard)
-    data = pred.data.rechunk(gslice.block_chunks(shard))
-    blocks = data.to_delayed()
-    report = IngestReport(store=str(path), planned=len(ids))
-
-    def task(key):
-        import dask
-
-        _, r, c = key
-        i = redges.index(max(gslice.row0, r * shard))
-        j = cedges.index(max(gslice.col0, c * shard))
-        index = (slice(redges[i], redges[i + 1]), slice(cedges[j], cedges[j + 1]))
-        return dask.delayed(write_block, pure=False)(str(path), "mining_probability", index, blocks[i, j])
-
-    run_yearless_shards(str(path), "mining_probability", ids, "predict", task, report, desc="predict",
-                        scheduler=scheduler, progress=progress)
-    report.seconds = time.perf_counter() - t0
-    return report
+        raise StoreError(
+            f"{path} is not a prediction store (no zarr.json); write one with `miningxr predict`"
+        )
+    meta = zarr.open_group(str(path), mode="r").attrs.get("miningxr_predictions")
+    if not isinstance(meta, dict):
+        raise StoreError(f"{path} is a Zarr store but not a miningxr prediction store; {what}")
+    return meta
 
 
 def _model_identity(model: Any) -> str | None:
@@ -308,8 +383,6 @@ def _model_identity(model: Any) -> str | None:
         return None
     p = Path(str(model))
     if p.is_file():
-        import hashlib
-
         h = hashlib.sha256()
         with open(p, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
@@ -318,24 +391,14 @@ def _model_identity(model: Any) -> str | None:
     return str(model)
 
 
-def predicted_extent(path: str | os.PathLike):
+def predicted_extent(path: str | os.PathLike) -> GridSlice | None:
     """The slice covering every shard a prediction store has written, or None when it has none."""
-    from .grid import GridSlice
-    from .store import Catalog, StoreError
-
-    import zarr
-
-    p = Path(path)
-    if not (p / "zarr.json").exists():
-        raise StoreError(f"{p} is not a prediction store (no zarr.json); write one with `miningxr predict`")
-    meta = zarr.open_group(str(p), mode="r").attrs.get("miningxr_predictions")
-    if meta is None:
-        raise StoreError(f"{p} is not a miningxr prediction store; write one with `miningxr predict`")
-    with Catalog(p, readonly=True) as cat:
+    meta = _prediction_meta(Path(path))
+    with Catalog(path, readonly=True) as cat:
         done = cat.shards("mining_probability", state="done")
     if done.empty:
         return None
-    return GridSlice.covering(zip(done.shard_row, done.shard_col), int(meta["shard"]))
+    return GridSlice.covering(zip(done.shard_row, done.shard_col, strict=True), int(meta["shard"]))
 
 
 def open_predictions(path: str | os.PathLike, like: xr.Dataset | xr.DataArray) -> xr.DataArray:
@@ -343,16 +406,15 @@ def open_predictions(path: str | os.PathLike, like: xr.Dataset | xr.DataArray) -
 
     Refuses, naming both extents, a prediction store that holds nothing over that slice.
     """
-    from .grid import GridSlice
-    from .store import StoreError
-
     gslice = GridSlice.of_coords(like)
     have = predicted_extent(path)
     if have is None or have.intersection(gslice) is None:
-        raise StoreError(f"the predictions in {path} do not cover the data asked for: they cover "
-                         f"{have.describe() if have else 'nothing yet'}, the data {gslice.describe()}. "
-                         "Predict this region (`miningxr predict --store ... --out ...`) or pass the "
-                         "store and region the predictions were made for")
+        raise StoreError(
+            f"the predictions in {path} do not cover the data asked for: they cover "
+            f"{have.describe() if have else 'nothing yet'}, the data {gslice.describe()}. "
+            "Predict this region (`miningxr predict --store ... --out ...`) or pass the "
+            "store and region the predictions were made for"
+        )
     ds = xr.open_zarr(path, chunks=None, consolidated=False, zarr_format=3, decode_coords="all")
     out = ds["mining_probability"].isel(y=gslice.rows, x=gslice.cols)
     out = out.assign_coords(spatial_ref=gslice.coords()["spatial_ref"])

@@ -15,6 +15,8 @@ import sys
 from collections.abc import Iterator
 from types import ModuleType
 
+from .errors import MissingDependencyError
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -37,11 +39,21 @@ def _stderr_silenced() -> Iterator[None]:
 
 
 def import_tensorflow() -> ModuleType:
-    """``tensorflow``, imported quietly the first time (and Keras with it)."""
-    if "tensorflow" not in sys.modules and os.environ.get("MININGXR_TF_VERBOSE", "0") in ("", "0"):
-        with _stderr_silenced():
-            import tensorflow  # noqa: F401
-            import keras  # noqa: F401
-    import tensorflow
+    """``tensorflow``, imported quietly the first time (and Keras with it).
 
+    Without TensorFlow, a :class:`~miningxr.errors.MissingDependencyError` that says how to
+    install it.
+    """
+    try:
+        if "tensorflow" not in sys.modules and os.environ.get("MININGXR_TF_VERBOSE", "0") in ("", "0"):
+            with _stderr_silenced():
+                import keras
+                import tensorflow
+        import keras  # noqa: F401  (Keras 3 with TensorFlow as its backend)
+        import tensorflow
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"training and prediction need TensorFlow and Keras ({e}); install them with "
+            "`pip install 'miningxr[tf]'`"
+        ) from e
     return tensorflow

@@ -22,26 +22,35 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
 import numpy as np
 import pandas as pd
+import shapely
 import xarray as xr
+import zarr
 
 from .config import BANDS, TileConfig
-from .grid import _X0, _Y1, CRS_GRID, RESOLUTION, GridSlice
+from .errors import TileError, YearError
+from .grid import CRS_GRID, RESOLUTION, GridSlice, pixel_affine
+from .store import open_store
+
+if TYPE_CHECKING:
+    import geopandas as gpd
 
 SPLITS = ("train", "val", "test")
 TILES_DIR = "_tiles"
 
 
-class TileError(ValueError):
-    """A store or config from which no usable tile index can be made."""
-
-
-def tile_index(store: str | os.PathLike | xr.Dataset, *, year: int | None = None,
-               config: TileConfig | None = None, region: Any = None, save: bool = True):
+def tile_index(
+    store: str | os.PathLike | xr.Dataset,
+    *,
+    year: int | None = None,
+    config: TileConfig | None = None,
+    region: Any = None,
+    save: bool = True,
+) -> gpd.GeoDataFrame:
     """Index every tile of a store's ingested region, split it spatially, compute band stats.
 
     Parameters
@@ -62,21 +71,23 @@ def tile_index(store: str | os.PathLike | xr.Dataset, *, year: int | None = None
         sampling). ``attrs`` holds ``stats`` (per-band mean/std), ``year``, ``config``, ``store``.
     """
     import geopandas as gpd
-    from shapely import box
-
-    from .store import open_store
 
     cfg = config or TileConfig()
     ds = store if isinstance(store, xr.Dataset) else open_store(store, region=region)
     if year is None:
         year = int(ds.year.values[-1])
     if year not in ds.year.values:
-        raise TileError(f"year {year} is not in the store's years {[int(y) for y in ds.year.values]}")
+        raise YearError(
+            f"year {year} is not in the store's years {[int(y) for y in ds.year.values]}; "
+            "pick one of them (--year)"
+        )
     if "polygons" not in ds["mining"].attrs:
         name = store if not isinstance(store, xr.Dataset) else ds.attrs.get("store", "the store")
-        raise TileError(f"{name} has no mining mask yet: training needs one. Write it from mining polygons "
-                        f"with `miningxr ingest --store {name} ... --polygons FILE` or "
-                        f"`miningxr.write_mask({str(name)!r}, 'mines.gpkg')`")
+        raise TileError(
+            f"{name} has no mining mask yet: training needs one. Write it from mining polygons "
+            f"with `miningxr ingest --store {name} ... --polygons FILE` or "
+            f"`miningxr.write_mask({str(name)!r}, 'mines.gpkg')`"
+        )
     t = cfg.tile_size
     gslice = GridSlice.of_coords(ds)
     if gslice.row0 % t or gslice.col0 % t:
@@ -92,23 +103,36 @@ def tile_index(store: str | os.PathLike | xr.Dataset, *, year: int | None = None
     sums, sumsq, nvalid, mine = dask.compute(sums.data, sumsq.data, nvalid.data, mine.data)
     ny, nx = mine.shape
     tr, tc = np.meshgrid(np.arange(ny) + gslice.row0 // t, np.arange(nx) + gslice.col0 // t, indexing="ij")
-    df = pd.DataFrame({
-        "tile_row": tr.ravel(), "tile_col": tc.ravel(),
-        "row0": tr.ravel() * t, "col0": tc.ravel() * t,
-        "mining_fraction": np.asarray(mine, dtype=np.float64).ravel(),
-        "valid_fraction": np.asarray(nvalid, dtype=np.float64).ravel() / (t * t),
-    })
+    df = pd.DataFrame(
+        {
+            "tile_row": tr.ravel(),
+            "tile_col": tc.ravel(),
+            "row0": tr.ravel() * t,
+            "col0": tc.ravel() * t,
+            "mining_fraction": np.asarray(mine, dtype=np.float64).ravel(),
+            "valid_fraction": np.asarray(nvalid, dtype=np.float64).ravel() / (t * t),
+        }
+    )
     df["positive"] = df.mining_fraction >= cfg.positive_threshold
     df["split"] = _split(df, cfg)
     df["selected"] = _sample(df, cfg)
-    stats = _stats(df, sums.reshape(len(BANDS), -1), sumsq.reshape(len(BANDS), -1),
-                   np.asarray(nvalid).ravel(), list(img.band.values))
-    x0 = _X0 + df.col0 * RESOLUTION
-    y1 = _Y1 - df.row0 * RESOLUTION
-    gdf = gpd.GeoDataFrame(df, geometry=box(x0, y1 - t * RESOLUTION, x0 + t * RESOLUTION, y1),
-                           crs=CRS_GRID.to_wkt())
-    gdf.attrs.update(stats=stats, year=year, config=dataclasses.asdict(cfg),
-                     store=str(store) if not isinstance(store, xr.Dataset) else ds.attrs.get("store"))
+    stats = _stats(
+        df,
+        sums.reshape(len(BANDS), -1),
+        sumsq.reshape(len(BANDS), -1),
+        np.asarray(nvalid).ravel(),
+        list(img.band.values),
+    )
+    x0, y1 = pixel_affine() @ (df.col0.to_numpy(), df.row0.to_numpy())
+    gdf = gpd.GeoDataFrame(
+        df, geometry=shapely.box(x0, y1 - t * RESOLUTION, x0 + t * RESOLUTION, y1), crs=CRS_GRID.to_wkt()
+    )
+    gdf.attrs.update(
+        stats=stats,
+        year=year,
+        config=dataclasses.asdict(cfg),
+        store=str(store) if not isinstance(store, xr.Dataset) else ds.attrs.get("store"),
+    )
     if save and not isinstance(store, xr.Dataset):
         save_tile_index(gdf, store)
     return gdf
@@ -117,7 +141,7 @@ def tile_index(store: str | os.PathLike | xr.Dataset, *, year: int | None = None
 def _split(df: pd.DataFrame, cfg: TileConfig) -> np.ndarray:
     """Whole blocks of tiles per split, stratified by mining, with a guard band between splits."""
     b = cfg.block_tiles
-    block = list(zip(df.tile_row // b, df.tile_col // b))
+    block = list(zip(df.tile_row // b, df.tile_col // b, strict=True))
     df = df.assign(block=block)
     per_block = df.groupby("block").agg(mine=("mining_fraction", "mean"), pos=("positive", "sum"))
     # deterministic shuffle, then sort by mining so every split gets mines and background
@@ -159,7 +183,7 @@ def _sample(df: pd.DataFrame, cfg: TileConfig) -> np.ndarray:
     train = (df.split == "train") & ok
     if cfg.negative_ratio is not None:
         neg = np.flatnonzero(train & ~df.positive)
-        n_keep = int(round(cfg.negative_ratio * int((train & df.positive).sum())))
+        n_keep = round(cfg.negative_ratio * int((train & df.positive).sum()))
         rng = np.random.default_rng(cfg.seed + 1)
         drop = rng.permutation(neg)[n_keep:]
         selected[drop] = False
@@ -169,13 +193,18 @@ def _sample(df: pd.DataFrame, cfg: TileConfig) -> np.ndarray:
 def _stats(df, sums, sumsq, nvalid, bands) -> dict:
     train = ((df.split == "train") & df.selected).to_numpy()
     if not train.any():
-        raise TileError("the training split has no usable tile; ingest a larger region or "
-                        "lower min_valid_fraction")
+        raise TileError(
+            "the training split has no usable tile; ingest a larger region or lower min_valid_fraction"
+        )
     n = nvalid[train].sum()
     mean = sums[:, train].sum(axis=1) / n
-    var = sumsq[:, train].sum(axis=1) / n - mean ** 2
+    var = sumsq[:, train].sum(axis=1) / n - mean**2
     std = np.sqrt(np.maximum(var, 1e-12))
-    return {"bands": [str(b) for b in bands], "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+    return {
+        "bands": [str(b) for b in bands],
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+    }
 
 
 def _paths(store: str | os.PathLike) -> tuple[Path, Path]:
@@ -183,10 +212,8 @@ def _paths(store: str | os.PathLike) -> tuple[Path, Path]:
     return d / "tiles.parquet", d / "tiles.json"
 
 
-def save_tile_index(index, store: str | os.PathLike) -> Path:
+def save_tile_index(index: gpd.GeoDataFrame, store: str | os.PathLike) -> Path:
     """Write the index (GeoParquet) and its stats/config (JSON) inside the store."""
-    import zarr
-
     parquet, meta = _paths(store)
     if not parquet.parent.exists():
         # a Zarr group of its own, so zarr sees no foreign object at the store's root
@@ -196,13 +223,15 @@ def save_tile_index(index, store: str | os.PathLike) -> Path:
     return parquet
 
 
-def load_tile_index(store: str | os.PathLike):
+def load_tile_index(store: str | os.PathLike) -> gpd.GeoDataFrame:
     """Read the index saved by :func:`tile_index`, with its attrs."""
     import geopandas as gpd
 
     parquet, meta = _paths(store)
     if not parquet.exists():
-        raise TileError(f"{store} has no tile index yet; build one with `miningxr.tile_index({str(store)!r})`")
+        raise TileError(
+            f"{store} has no tile index yet; build one with `miningxr.tile_index({str(store)!r})`"
+        )
     gdf = gpd.read_parquet(parquet)
     gdf.attrs.update(json.loads(meta.read_text()))
     return gdf

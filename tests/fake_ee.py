@@ -23,8 +23,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from miningxr.config import BANDS, FILL_VALUE, SCALE_FACTOR, SyntheticConfig
-from miningxr.grid import _X0, _Y1, RESOLUTION
+from miningxr.config import BANDS, SyntheticConfig
+from miningxr.encoding import FILL_VALUE, SCALE_FACTOR
+from miningxr.grid import GLOBAL_GEOBOX, RESOLUTION
 from miningxr.sources.synthetic import _block
 
 COLLECTION = "LANDSAT/COMPOSITES/C02/T1_L2_ANNUAL"
@@ -37,11 +38,20 @@ class FakeImage:
         self.props = props
 
     def info(self) -> dict:
-        return {"type": "Image", "id": self.props.get("system:id"),
-                "bands": [{"id": b, "data_type": {"type": "PixelType", "precision": "float"},
-                           "crs": "EPSG:6933", "crs_transform": [30, 0, 0, 0, -30, 0]}
-                          for b in self.bands],
-                "properties": dict(self.props)}
+        return {
+            "type": "Image",
+            "id": self.props.get("system:id"),
+            "bands": [
+                {
+                    "id": b,
+                    "data_type": {"type": "PixelType", "precision": "float"},
+                    "crs": "EPSG:6933",
+                    "crs_transform": [30, 0, 0, 0, -30, 0],
+                }
+                for b in self.bands
+            ],
+            "properties": dict(self.props),
+        }
 
 
 class _Fn:
@@ -49,7 +59,9 @@ class _Fn:
         self.names, self.body, self.values, self.env = names, body, values, env
 
     def __call__(self, *args):
-        return Interpreter(self.values, {**self.env, **dict(zip(self.names, args))}).eval(self.body)
+        return Interpreter(self.values, {**self.env, **dict(zip(self.names, args, strict=True))}).eval(
+            self.body
+        )
 
 
 class Interpreter:
@@ -125,7 +137,7 @@ class Interpreter:
         return dictionary.get(key, defaultValue)
 
     def f_Collection_toList(self, collection, count, offset=0):
-        return list(collection)[offset:offset + count]
+        return list(collection)[offset : offset + count]
 
     def f_List_slice(self, list, start, end=None, step=None):
         return list[start:end:step]
@@ -152,7 +164,7 @@ class Interpreter:
 
     def f_Image_addBands(self, dstImg, srcImg, names=None, overwrite=False):
         bands = dict(dstImg.bands)
-        for name in (names or srcImg.bands):
+        for name in names or srcImg.bands:
             new = name if name not in bands or overwrite else f"{name}_{len(bands)}"
             bands[new] = srcImg.bands[name]
         return FakeImage(bands, dstImg.props)
@@ -163,19 +175,21 @@ class Interpreter:
     def f_Image_select(self, input, bandSelectors, newNames=None):
         picked = [b for b in bandSelectors]
         names = newNames or picked
-        return FakeImage({n: input.bands[b] for n, b in zip(names, picked)}, input.props)
+        return FakeImage({n: input.bands[b] for n, b in zip(names, picked, strict=True)}, input.props)
 
     def f_Image_unmask(self, input, value=None, sameFootprint=True):
         value = getattr(value, "constant", value)
+
         def filled(f):
             return lambda r, c, h, w: np.nan_to_num(f(r, c, h, w), nan=float(value))
+
         return FakeImage({n: filled(f) for n, f in input.bands.items()}, input.props)
 
 
 def _ms(date) -> int:
     if isinstance(date, (int, float)):
         return int(date)
-    d = dt.datetime.fromisoformat(str(date)).replace(tzinfo=dt.timezone.utc)
+    d = dt.datetime.fromisoformat(str(date)).replace(tzinfo=dt.UTC)
     return int(d.timestamp() * 1000)
 
 
@@ -187,8 +201,11 @@ class FakeEarthEngine:
 
     current: FakeEarthEngine | None = None
 
-    def __init__(self, config: SyntheticConfig | None = None,
-                 fault: Callable[[int, dict], BaseException | None] | None = None):
+    def __init__(
+        self,
+        config: SyntheticConfig | None = None,
+        fault: Callable[[int, dict], BaseException | None] | None = None,
+    ):
         self.config = config or SyntheticConfig()
         self.fault = fault
         self.requests: list[dict] = []
@@ -204,10 +221,14 @@ class FakeEarthEngine:
                 vals = np.where(dn == FILL_VALUE, np.nan, dn * SCALE_FACTOR)
                 # Earth Engine's composite serves thermal in kelvin
                 return vals * 100 + 273.15 if name == "thermal" else vals
+
             return pixels
 
-        props = {"system:time_start": _ms(f"{year}-01-01"), "system:id": f"{COLLECTION}/{year}",
-                 "system:index": str(year)}
+        props = {
+            "system:time_start": _ms(f"{year}-01-01"),
+            "system:id": f"{COLLECTION}/{year}",
+            "system:index": str(year),
+        }
         return FakeImage({b: band(i, b) for i, b in enumerate(BANDS)}, props)
 
     # --- the replaced ee.data calls ----------------------------------------------------------
@@ -230,8 +251,10 @@ class FakeEarthEngine:
         image = self._eval(ee.serializer.encode(params["expression"], for_cloud_api=True))
         r, c, h, w = self._window(grid)
         if h * w * len(image.bands) * 5 > LIMIT:
-            raise ee.EEException(f"Total request size ({h * w * len(image.bands) * 5} bytes) "
-                                 f"must be less than or equal to {LIMIT} bytes.")
+            raise ee.EEException(
+                f"Total request size ({h * w * len(image.bands) * 5} bytes) "
+                f"must be less than or equal to {LIMIT} bytes."
+            )
         out = np.empty((h, w), dtype=[(b, "<f4") for b in image.bands])
         for b, f in image.bands.items():
             out[b] = f(r, c, h, w)
@@ -246,9 +269,14 @@ class FakeEarthEngine:
 
         t = grid["affineTransform"]
         if grid.get("crsCode") != "EPSG:6933" or (t["scaleX"], t["scaleY"], t["shearX"], t["shearY"]) != (
-                RESOLUTION, -RESOLUTION, 0, 0):
+            RESOLUTION,
+            -RESOLUTION,
+            0,
+            0,
+        ):
             raise ee.EEException(f"fake serves only the 30 m EPSG:6933 grid, got {grid}")
-        col, row = (t["translateX"] - _X0) / RESOLUTION, (_Y1 - t["translateY"]) / RESOLUTION
+        origin = GLOBAL_GEOBOX.affine
+        col, row = (t["translateX"] - origin.c) / RESOLUTION, (origin.f - t["translateY"]) / RESOLUTION
         if col != int(col) or row != int(row):
             raise ee.EEException(f"request grid is off the global lattice: {t}")
         return int(row), int(col), grid["dimensions"]["height"], grid["dimensions"]["width"]
@@ -258,8 +286,10 @@ class FakeEarthEngine:
         import ee
         from ee import apitestcase
 
-        self._saved = {k: getattr(ee.data, k) for k in
-                       ("getAlgorithms", "computeValue", "computePixels", "_install_cloud_api_resource")}
+        self._saved = {
+            k: getattr(ee.data, k)
+            for k in ("getAlgorithms", "computeValue", "computePixels", "_install_cloud_api_resource")
+        }
         ee.Reset()
         ee.data._install_cloud_api_resource = lambda: None
         ee.data.getAlgorithms = apitestcase.GetAlgorithms

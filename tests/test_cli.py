@@ -5,14 +5,33 @@ from miningxr.cli import main
 
 def test_ingest_then_status_reports_all_shards_done(tmp_path, capsys, client):
     store = str(tmp_path / "s.zarr")
-    assert main(["ingest", "--store", store, "--bbox", "29.05", "-25.95", "29.06", "-25.94", "--year", "2020", "-q"]) == 0
+    assert (
+        main(
+            [
+                "ingest",
+                "--store",
+                store,
+                "--bbox",
+                "29.05",
+                "-25.95",
+                "29.06",
+                "-25.94",
+                "--year",
+                "2020",
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert main(["status", "--store", store]) == 0
     out = capsys.readouterr().out
     assert "1 shard(s) done, 0 left" in out
 
 
 def test_unknown_country_exits_2_with_the_fix(tmp_path, capsys):
-    assert main(["ingest", "--store", str(tmp_path / "s.zarr"), "--country", "XXY", "--year", "2020", "-q"]) == 2
+    assert (
+        main(["ingest", "--store", str(tmp_path / "s.zarr"), "--country", "XXY", "--year", "2020", "-q"]) == 2
+    )
     assert "unknown country code 'XXY'" in capsys.readouterr().err
 
 
@@ -27,16 +46,36 @@ def test_help_teaches_the_pipeline(capsys):
     assert "miningxr demo" in capsys.readouterr().out
 
 
-def test_ingest_by_country_takes_shards_around_its_mines_plus_mine_free_samples(tmp_path, client, polygons_path,
-                                                                               small_layout_config):
+def test_ingest_by_country_takes_shards_around_its_mines_plus_mine_free_samples(
+    tmp_path, client, polygons_path, small_layout_config
+):
     import geopandas as gpd
 
+    from miningxr.catalog import Catalog
     from miningxr.grid import CRS_GRID, GridSlice, Region
-    from miningxr.store import Catalog
 
     store = tmp_path / "s.zarr"
-    assert main(["ingest", "--store", str(store), "--country", "ZAF", "--polygons", str(polygons_path),
-                 "--year", "2020", "--buffer-km", "1", "--config", str(small_layout_config), "-q"]) == 0
+    assert (
+        main(
+            [
+                "ingest",
+                "--store",
+                str(store),
+                "--country",
+                "ZAF",
+                "--polygons",
+                str(polygons_path),
+                "--year",
+                "2020",
+                "--buffer-km",
+                "1",
+                "--config",
+                str(small_layout_config),
+                "-q",
+            ]
+        )
+        == 0
+    )
     with Catalog(store) as cat:
         ids = {(r, c) for r, c in cat.shards()[["shard_row", "shard_col"]].itertuples(index=False)}
     mines = gpd.read_file(polygons_path).to_crs(CRS_GRID)
@@ -50,8 +89,23 @@ def test_ingest_by_country_takes_shards_around_its_mines_plus_mine_free_samples(
 
 
 def test_ingest_by_country_without_its_polygons_is_a_clear_error(tmp_path, capsys, polygons_path):
-    assert main(["ingest", "--store", str(tmp_path / "s.zarr"), "--country", "BWA", "--polygons",
-                 str(polygons_path), "--year", "2020", "-q"]) == 2
+    assert (
+        main(
+            [
+                "ingest",
+                "--store",
+                str(tmp_path / "s.zarr"),
+                "--country",
+                "BWA",
+                "--polygons",
+                str(polygons_path),
+                "--year",
+                "2020",
+                "-q",
+            ]
+        )
+        == 2
+    )
     assert "BWA" in capsys.readouterr().err
 
 
@@ -70,10 +124,26 @@ def test_train_with_a_scheduler_reads_on_that_cluster(store, client, monkeypatch
 
     seen = {}
     monkeypatch.setattr(miningxr.tiles, "tile_index", lambda s, **kw: miningxr.tiles.load_tile_index(s))
-    monkeypatch.setattr(miningxr.model.train, "train",
-                        lambda *a, client, **kw: seen.update(address=client.scheduler.address) or "trained")
-    assert main(["train", "--store", str(store), "--out", str(tmp_path), "--scheduler", client.scheduler.address,
-                 "-q"]) == 0
+    monkeypatch.setattr(
+        miningxr.model.train,
+        "train",
+        lambda *a, client, **kw: seen.update(address=client.scheduler.address) or "trained",
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--store",
+                str(store),
+                "--out",
+                str(tmp_path),
+                "--scheduler",
+                client.scheduler.address,
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert seen["address"] == client.scheduler.address
 
 

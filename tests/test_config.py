@@ -6,8 +6,13 @@ from miningxr.config import Config, TileConfig, TrainConfig
 def test_defaults_are_the_seed_projects():
     cfg = Config().train
     assert (cfg.tile_size, len(cfg.bands), cfg.base_filters, cfg.depth) == (64, 7, 64, 4)
-    assert (cfg.dropout, cfg.learning_rate, cfg.batch_size, cfg.loss, cfg.pos_weight) == \
-        (0.1, 1e-4, 32, "combined", 10.0)
+    assert (cfg.dropout, cfg.learning_rate, cfg.batch_size, cfg.loss, cfg.pos_weight) == (
+        0.1,
+        1e-4,
+        32,
+        "combined",
+        10.0,
+    )
 
 
 def test_a_toml_file_overrides_only_what_it_names(tmp_path):
@@ -37,5 +42,7 @@ def test_two_different_tile_sizes_are_refused():
 
 
 def test_an_unknown_learning_rate_schedule_is_refused():
-    with pytest.raises(ValueError, match="unknown lr_schedule 'step'; choose plateau or cosine"):
+    with pytest.raises(
+        ValueError, match=r"\[train\] lr_schedule must be one of 'plateau', 'cosine', got 'step'"
+    ):
         Config.from_dict({"train": {"lr_schedule": "step"}})

@@ -51,23 +51,54 @@ def read_only():
 
 
 def test_evaluate_split_all_scores_every_predicted_pixel(store, predictions, tmp_path, capsys):
-    assert main(["evaluate", "--store", str(store), "--predictions", str(predictions), "--split", "all",
-                 "--out", str(tmp_path / "eval"), "-q"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--store",
+                str(store),
+                "--predictions",
+                str(predictions),
+                "--split",
+                "all",
+                "--out",
+                str(tmp_path / "eval"),
+                "-q",
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["split"] == "all" and report["pixels"] == 2048 * 2048
 
 
 def test_predict_a_year_the_store_lacks_is_an_error_and_writes_nothing(store, tiny_model, tmp_path, capsys):
     out = tmp_path / "p.zarr"
-    assert main(["predict", "--store", str(store), "--model", str(tiny_model), "--out", str(out),
-                 "--year", "2019", "-q"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--store",
+                str(store),
+                "--model",
+                str(tiny_model),
+                "--out",
+                str(out),
+                "--year",
+                "2019",
+                "-q",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "holds no imagery for year(s) [2019]; it holds [2020]" in err and "--year 2019" in err
     assert not out.exists()
 
 
-def test_predictions_of_another_region_are_refused_naming_both_extents(store, tmp_path, tiny_model, capsys,
-                                                                       client):
+def test_predictions_of_another_region_are_refused_naming_both_extents(
+    store, tmp_path, tiny_model, capsys, client
+):
     from miningxr import ingest
 
     other = tmp_path / "other.zarr"  # a store of another place, predicted
@@ -128,8 +159,8 @@ def test_exported_polygons_are_valid_even_for_pixels_touching_at_corners(store, 
 
 def test_read_only_store_opens_for_reading(store, predictions, tmp_path, read_only, client):
     import miningxr
+    from miningxr import StoreError, status
     from miningxr.predict import open_predictions
-    from miningxr.store import StoreError, status
 
     ro, pred = tmp_path / "ro" / "s.zarr", tmp_path / "ro" / "p.zarr"
     shutil.copytree(store, ro)
@@ -167,26 +198,34 @@ def test_predict_and_export_out_at_a_file(store, tiny_model, predictions, tmp_pa
     f.write_text("x")
     assert main(["predict", "--store", str(store), "--model", str(tiny_model), "--out", str(f), "-q"]) == 2
     assert "is a file, not a prediction store" in capsys.readouterr().err
-    assert main(["export", "--store", str(store), "--predictions", str(predictions), "--out", str(f), "-q"]) == 2
+    assert (
+        main(["export", "--store", str(store), "--predictions", str(predictions), "--out", str(f), "-q"]) == 2
+    )
     assert "is a file; give --out a folder" in capsys.readouterr().err
     assert f.read_text() == "x"
 
 
-def test_a_prediction_store_of_another_year_or_model_is_not_mixed(store, tiny_model, predictions, tmp_path,
-                                                                 capsys):
+def test_a_prediction_store_of_another_year_or_model_is_not_mixed(
+    store, tiny_model, predictions, tmp_path, capsys
+):
     other = tmp_path / "other.keras"
     shutil.copy(tiny_model, other)
     with open(other, "ab") as f:
         f.write(b"\0")  # another file: another model
-    assert main(["predict", "--store", str(store), "--model", str(other), "--out", str(predictions), "-q"]) == 2
+    assert (
+        main(["predict", "--store", str(store), "--model", str(other), "--out", str(predictions), "-q"]) == 2
+    )
     assert "holds predictions of model" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flag,value,message", [
-    ("--batch-size", "-4", "batch_size (--batch-size) must be an integer >= 1, got -4"),
-    ("--epochs", "0", "epochs (--epochs) must be an integer >= 1, got 0"),
-    ("--learning-rate", "0", "learning_rate (--learning-rate) must be > 0"),
-])
+@pytest.mark.parametrize(
+    "flag,value,message",
+    [
+        ("--batch-size", "-4", "batch_size (--batch-size) must be an integer >= 1, got -4"),
+        ("--epochs", "0", "epochs (--epochs) must be an integer >= 1, got 0"),
+        ("--learning-rate", "0", "learning_rate (--learning-rate) must be > 0"),
+    ],
+)
 def test_train_refuses_bad_numbers_before_training(store, tmp_path, capsys, flag, value, message):
     out = tmp_path / "run"
     assert main(["train", "--store", str(store), "--out", str(out), flag, value, "-q"]) == 2
@@ -200,7 +239,10 @@ def test_a_corrupt_model_file_says_so_not_file_not_found(store, tiny_model, tmp_
     bad = tmp_path / "model.keras"
     data = os.urandom(4000) if damage == "random" else Path(tiny_model).read_bytes()[:3000]
     bad.write_bytes(data)
-    assert main(["predict", "--store", str(store), "--model", str(bad), "--out", str(tmp_path / "p.zarr"), "-q"]) == 2
+    assert (
+        main(["predict", "--store", str(store), "--model", str(bad), "--out", str(tmp_path / "p.zarr"), "-q"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "is not a .keras model file" in err and "File not found" not in err
     assert not (tmp_path / "p.zarr").exists()
@@ -208,18 +250,36 @@ def test_a_corrupt_model_file_says_so_not_file_not_found(store, tiny_model, tmp_
 
 def test_a_missing_polygon_file_is_reported_before_any_imagery_is_read(tmp_path, capsys):
     store = tmp_path / "s.zarr"
-    assert main(["ingest", "--store", str(store), "--bbox", *INNER, "--year", "2020", "--polygons",
-                 str(tmp_path / "missing.gpkg"), "-q"]) == 2
+    assert (
+        main(
+            [
+                "ingest",
+                "--store",
+                str(store),
+                "--bbox",
+                *INNER,
+                "--year",
+                "2020",
+                "--polygons",
+                str(tmp_path / "missing.gpkg"),
+                "-q",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "polygon file" in err and "does not exist" in err and "--polygons" in err
     assert not store.exists()
 
 
-@pytest.mark.parametrize("opts,message", [
-    (["--year", "2040"], "year(s) [2040] outside 1984-2025, the years that both the synthetic source"),
-    (["--year", "2020", "--source", "stac", "--stac-catalog", "/nowhere/catalog.json"], "not found"),
-    (["--year", "2020", "--source", "gee"], "Earth Engine"),
-])
+@pytest.mark.parametrize(
+    "opts,message",
+    [
+        (["--year", "2040"], "year(s) [2040] outside 1984-2025, the years that both the synthetic source"),
+        (["--year", "2020", "--source", "stac", "--stac-catalog", "/nowhere/catalog.json"], "not found"),
+        (["--year", "2020", "--source", "gee"], "Earth Engine"),
+    ],
+)
 def test_a_failed_ingest_leaves_no_store_behind(tmp_path, capsys, opts, message):
     store = tmp_path / "s.zarr"
     assert main(["ingest", "--store", str(store), "--bbox", *INNER, *opts, "-q"]) == 2
@@ -229,8 +289,24 @@ def test_a_failed_ingest_leaves_no_store_behind(tmp_path, capsys, opts, message)
 
 
 def test_a_swapped_bbox_is_called_swapped_not_antimeridian(tmp_path, capsys):
-    assert main(["ingest", "--store", str(tmp_path / "s.zarr"), "--bbox", "29.6", "-26.0", "29.0", "-25.6",
-                 "--year", "2020", "-q"]) == 2
+    assert (
+        main(
+            [
+                "ingest",
+                "--store",
+                str(tmp_path / "s.zarr"),
+                "--bbox",
+                "29.6",
+                "-26.0",
+                "29.0",
+                "-25.6",
+                "--year",
+                "2020",
+                "-q",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "min > max" in err and "antimeridian" not in err and "[29.0, -26.0, 29.6, -25.6]" in err
 
@@ -256,6 +332,11 @@ def test_tensorflow_start_up_noise_is_quiet_unless_verbose(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "MININGXR_TF_VERBOSE")}
     quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert quiet.returncode == 0 and quiet.stderr.strip() == "", quiet.stderr
-    loud = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**env, "MININGXR_TF_VERBOSE": "1"})
+    loud = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "MININGXR_TF_VERBOSE": "1"},
+    )
     assert loud.returncode == 0  # and TensorFlow may speak (what it says is its own business)

@@ -17,5 +17,6 @@ def test_exports_open_in_gis_tools_with_crs_and_transform(store, tmp_path):
     gdf = gpd.read_file(paths["polygons"])
     assert gdf.crs.to_epsg() == 4326 and len(gdf) > 0
     # areas are pixel counts times 0.0009 km2, and add up to the mask's
-    assert gdf.AREA.sum() == np.float64(int(ds.mining.sum()) * 0.0009).round(6) or \
-        abs(gdf.AREA.sum() - int(ds.mining.sum()) * 0.0009) < 0.0009 * 4 * len(gdf)
+    assert gdf.AREA.sum() == np.float64(int(ds.mining.sum()) * 0.0009).round(6) or abs(
+        gdf.AREA.sum() - int(ds.mining.sum()) * 0.0009
+    ) < 0.0009 * 4 * len(gdf)

@@ -37,12 +37,15 @@ def test_unknown_country_code_names_the_fix(code, hint):
         Region.from_country(code)
 
 
-@pytest.mark.parametrize("bbox,msg", [
-    ((29.0, -26.0, 29.0, -25.0), "empty"),
-    ((170.0, -10.0, -170.0, 10.0), "antimeridian"),
-    ((0.0, 80.0, 1.0, 89.0), "beyond the global grid"),
-    ((0.0, 1.0, 2.0), "4 numbers"),
-])
+@pytest.mark.parametrize(
+    "bbox,msg",
+    [
+        ((29.0, -26.0, 29.0, -25.0), "empty"),
+        ((170.0, -10.0, -170.0, 10.0), "antimeridian"),
+        ((0.0, 80.0, 1.0, 89.0), "beyond the global grid"),
+        ((0.0, 1.0, 2.0), "4 numbers"),
+    ],
+)
 def test_bad_bbox_is_refused_with_a_reason(bbox, msg):
     with pytest.raises(RegionError, match=msg):
         Region.from_bbox(bbox)

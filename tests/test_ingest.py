@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from miningxr import ingest, open_store, status
+from miningxr.catalog import Catalog
 from miningxr.grid import GridSlice
-from miningxr.store import Catalog
 
 
 def test_rerunning_an_ingest_skips_done_shards(store, shard_slice):
@@ -24,17 +24,17 @@ def test_two_regions_ingested_separately_agree_on_overlap(tmp_path, client, shar
     assert np.array_equal(va, vb)
 
 
-def test_failed_shard_is_recorded_with_its_error_and_retried_on_request(tmp_path, client, shard_slice, monkeypatch):
-    import sys
-
-    ing = sys.modules["miningxr.ingest"]  # the package's `ingest` name is the function
+def test_failed_shard_is_recorded_with_its_error_and_retried_on_request(
+    tmp_path, client, shard_slice, monkeypatch
+):
+    from miningxr import shards
 
     path = tmp_path / "f.zarr"
 
     def boom(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ing, "write_block", boom)
+    monkeypatch.setattr(shards, "write_block", boom)
     report = ingest(path, shard_slice, 2020, progress=False)
     assert not report.ok and "No space left" in next(iter(report.failed.values()))
     assert status(path).failed.sum() == 1
@@ -47,15 +47,16 @@ def test_failed_shard_is_recorded_with_its_error_and_retried_on_request(tmp_path
 
 
 def test_a_shard_held_by_a_live_ingest_is_not_claimed_twice(tmp_path, shard_slice):
-    from miningxr.store import _owner, create_store
+    from miningxr.catalog import new_owner
+    from miningxr.store import create_store
 
     path = tmp_path / "c.zarr"
     create_store(path)
     key = (2020, shard_slice.row0 // 2048, shard_slice.col0 // 2048)
     with Catalog(path) as cat:
-        cat.plan("landsat", [2020], [key[1:]], "synthetic")
-        first, _ = cat.claim("landsat", [key], _owner())
-        second, busy = cat.claim("landsat", [key], _owner())
+        cat.plan("landsat", [key], "synthetic")
+        first, _ = cat.claim("landsat", [key], new_owner())
+        second, busy = cat.claim("landsat", [key], new_owner())
     assert first == [key] and second == [] and busy == [key]
 
 
@@ -66,7 +67,7 @@ def test_a_dead_owner_s_claim_is_taken_over(tmp_path, shard_slice):
     create_store(path)
     key = (2020, 1, 1)
     with Catalog(path) as cat:
-        cat.plan("landsat", [2020], [(1, 1)], "synthetic")
+        cat.plan("landsat", [(2020, 1, 1)], "synthetic")
         cat.claim("landsat", [key], "localhost-that-died:999999999:0")
         import socket
 

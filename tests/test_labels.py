@@ -27,10 +27,17 @@ def _random_polygons(gslice: GridSlice, n=40, seed=1):
         if i % 5 == 0:  # a hole
             outer = outer.difference(Point(cx, cy).buffer(r * 0.2))
         if i % 7 == 0:  # a multipolygon
-            outer = MultiPolygon([outer.buffer(0), Point(cx + 2 * r, cy).buffer(r * 0.3)]) if outer.geom_type == "Polygon" else outer
+            outer = (
+                MultiPolygon([outer.buffer(0), Point(cx + 2 * r, cy).buffer(r * 0.3)])
+                if outer.geom_type == "Polygon"
+                else outer
+            )
         polys.append(outer)
-    gdf = gpd.GeoDataFrame({"ISO3_CODE": ["ZAF"] * n, "COUNTRY_NAME": ["South Africa"] * n, "AREA": [1.0] * n},
-                           geometry=polys, crs=CRS_GRID.to_wkt())
+    gdf = gpd.GeoDataFrame(
+        {"ISO3_CODE": ["ZAF"] * n, "COUNTRY_NAME": ["South Africa"] * n, "AREA": [1.0] * n},
+        geometry=polys,
+        crs=CRS_GRID.to_wkt(),
+    )
     return gdf
 
 
@@ -42,8 +49,12 @@ def test_block_mask_is_bit_identical_to_one_whole_rasterize(shard_slice):
     for crs in (CRS_GRID.to_wkt(), "EPSG:4326", "EPSG:32735"):
         polys = gdf.to_crs(crs)
         mask = mining_mask(ds.v, polys).values
-        whole = features.rasterize(read_polygons(polys).geometry, out_shape=gslice.shape,
-                                   transform=gslice.geobox.affine, dtype=np.uint8)
+        whole = features.rasterize(
+            read_polygons(polys).geometry,
+            out_shape=gslice.shape,
+            transform=gslice.geobox.affine,
+            dtype=np.uint8,
+        )
         assert np.array_equal(mask, whole), crs
         assert mask.any()
 
@@ -74,15 +85,20 @@ def test_mask_in_store_carries_file_name_and_checksum(store):
 
 def test_invalid_geometry_is_repaired_and_reported(tmp_path, caplog):
     bowtie = Polygon([(0, 0), (1, 1), (1, 0), (0, 1), (0, 0)])
-    gdf = gpd.GeoDataFrame({"ISO3_CODE": ["ZAF"], "COUNTRY_NAME": ["South Africa"], "AREA": [1.0]},
-                           geometry=[bowtie], crs="EPSG:4326")
+    gdf = gpd.GeoDataFrame(
+        {"ISO3_CODE": ["ZAF"], "COUNTRY_NAME": ["South Africa"], "AREA": [1.0]},
+        geometry=[bowtie],
+        crs="EPSG:4326",
+    )
     out = read_polygons(gdf)
     assert out.geometry.is_valid.all()
     assert "repairing 1 invalid" in caplog.text
 
 
 def test_polygons_in_no_country_are_kept_with_an_empty_code_and_a_warning(tmp_path, caplog):
-    gdf = gpd.GeoDataFrame({"name": ["x"]}, geometry=[Point(0, 0).buffer(0.1)], crs="EPSG:4326")  # Gulf of Guinea
+    gdf = gpd.GeoDataFrame(
+        {"name": ["x"]}, geometry=[Point(0, 0).buffer(0.1)], crs="EPSG:4326"
+    )  # Gulf of Guinea
     gdf.to_file(tmp_path / "p.gpkg")
     got = read_polygons(tmp_path / "p.gpkg")
     assert got.ISO3_CODE.isna().all() and got.AREA.iloc[0] > 100  # ~123 km2
@@ -97,20 +113,22 @@ def test_unknown_layer_is_named(polygons_path):
 
 
 def test_empty_country_selection_lists_codes(polygons_path):
-    with pytest.raises(LabelError, match="no polygon has ISO3_CODE 'BRA'.*ZAF"):
+    with pytest.raises(LabelError, match=r"no polygon has ISO3_CODE 'BRA'.*ZAF"):
         read_polygons(polygons_path, country="BRA")
 
 
 def test_non_polygon_geometry_is_refused():
-    gdf = gpd.GeoDataFrame({"ISO3_CODE": ["ZAF"], "COUNTRY_NAME": ["x"], "AREA": [1.0]},
-                           geometry=[Point(0, 0)], crs="EPSG:4326")
+    gdf = gpd.GeoDataFrame(
+        {"ISO3_CODE": ["ZAF"], "COUNTRY_NAME": ["x"], "AREA": [1.0]}, geometry=[Point(0, 0)], crs="EPSG:4326"
+    )
     with pytest.raises(LabelError, match="not polygons"):
         read_polygons(gdf)
 
 
 def test_polygons_without_crs_are_refused():
-    gdf = gpd.GeoDataFrame({"ISO3_CODE": ["ZAF"], "COUNTRY_NAME": ["x"], "AREA": [1.0]},
-                           geometry=[Point(0, 0).buffer(1)])
+    gdf = gpd.GeoDataFrame(
+        {"ISO3_CODE": ["ZAF"], "COUNTRY_NAME": ["x"], "AREA": [1.0]}, geometry=[Point(0, 0).buffer(1)]
+    )
     with pytest.raises(LabelError, match="no CRS"):
         read_polygons(gdf)
 
@@ -166,7 +184,7 @@ def test_multi_layer_geopackage_needs_a_layer_and_reads_the_one_named(tmp_path, 
     with pytest.raises(LabelError, match=r"has layers \['mines_2019', 'mines_2020'\].*--layer"):
         read_polygons(path)
     assert len(read_polygons(path, layer="mines_2020")) == len(zaf_mines)
-    with pytest.raises(LabelError, match="no layer 'mines'.*--layer"):
+    with pytest.raises(LabelError, match=r"no layer 'mines'.*--layer"):
         read_polygons(path, layer="mines")
 
 
@@ -185,7 +203,9 @@ def test_a_column_mapping_reads_other_schemas(tmp_path, zaf_mines):
 def test_every_polygon_command_takes_layer_and_columns(tmp_path, client, zaf_mines, capsys):
     from miningxr.cli import build_parser, main
 
-    sub = next(a for a in build_parser()._actions if hasattr(a, "choices") and a.choices and "ingest" in a.choices)
+    sub = next(
+        a for a in build_parser()._actions if hasattr(a, "choices") and a.choices and "ingest" in a.choices
+    )
     for cmd in ("ingest", "evaluate", "demo"):
         opts = {o for a in sub.choices[cmd]._actions for o in a.option_strings}
         if cmd != "demo":
@@ -195,7 +215,18 @@ def test_every_polygon_command_takes_layer_and_columns(tmp_path, client, zaf_min
     zaf_mines.to_file(path, layer="mines")
     store = tmp_path / "s.zarr"
     bb = zaf_mines.to_crs("EPSG:4326").total_bounds
-    args = ["ingest", "--store", str(store), "--bbox", *map(str, bb), "--year", "2020", "--polygons", str(path), "-q"]
+    args = [
+        "ingest",
+        "--store",
+        str(store),
+        "--bbox",
+        *map(str, bb),
+        "--year",
+        "2020",
+        "--polygons",
+        str(path),
+        "-q",
+    ]
     assert main(args) == 2 and "--layer" in capsys.readouterr().err
     assert not store.exists()  # refused before anything was written
     assert main([*args, "--layer", "mines"]) == 0

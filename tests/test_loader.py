@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 from miningxr import load_tile_index, open_store, training_dataset
-from miningxr.config import TrainConfig
-from miningxr.config import BANDS
-from miningxr.loader import ChunkReader, LoaderError, _chunk_table, cut_tiles, normalize
+from miningxr.config import BANDS, TrainConfig
+from miningxr.encoding import normalize
+from miningxr.errors import LoaderError
+from miningxr.loader import ChunkReader, _chunk_table, cut_tiles
 
 
 def test_batches_have_tile_shapes_and_binary_masks(store):
@@ -29,17 +30,23 @@ def test_tiles_are_normalized_store_pixels(store):
     stats = index.attrs["stats"]
     tile = index[(index.split == "val") & index.selected].iloc[0]
     ds = training_dataset(store, index[index.index == tile.name], split="val", shuffle=False, augment=False)
-    x, y = next(iter(ds))
-    raw = open_store(store).landsat.isel(year=0).sel(
-        y=slice(None), x=slice(None)).isel(y=slice(tile.row0 - index.row0.min(), tile.row0 - index.row0.min() + 64),
-                                          x=slice(tile.col0 - index.col0.min(), tile.col0 - index.col0.min() + 64))
+    x, _y = next(iter(ds))
+    raw = (
+        open_store(store)
+        .landsat.isel(year=0)
+        .sel(y=slice(None), x=slice(None))
+        .isel(
+            y=slice(tile.row0 - index.row0.min(), tile.row0 - index.row0.min() + 64),
+            x=slice(tile.col0 - index.col0.min(), tile.col0 - index.col0.min() + 64),
+        )
+    )
     want = normalize(raw.transpose("y", "x", "band").values, stats["mean"], stats["std"])
     np.testing.assert_allclose(x.numpy()[0], want, atol=1e-5)
 
 
 def test_reads_can_run_on_a_dask_cluster(store, client):
     ds = training_dataset(store, split="val", config=TrainConfig(batch_size=8), client=client)
-    x, y = next(iter(ds))
+    x, _y = next(iter(ds))
     assert x.shape == (8, 64, 64, 7)
 
 
@@ -54,8 +61,10 @@ def test_a_shuffled_repeating_dataset_keeps_reading_across_epochs_on_a_cluster(s
 @pytest.mark.parametrize("in_memory", [False, True])
 def test_a_script_ending_with_a_live_iterator_exits(store, in_memory):
     # the iterator is destroyed while Python finalizes, with reads still in flight
-    script = ("import miningxr; ds = miningxr.training_dataset(%r, split='train', repeat=True, in_memory=%r); "
-              "x, y = next(iter(ds)); it = iter(ds); next(it); print('read', x.shape[0])" % (str(store), in_memory))
+    script = (
+        f"import miningxr; ds = miningxr.training_dataset({str(store)!r}, split='train', repeat=True, in_memory={in_memory!r}); "
+        "x, y = next(iter(ds)); it = iter(ds); next(it); print('read', x.shape[0])"
+    )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "read 32" in done.stdout
@@ -79,7 +88,11 @@ def test_a_pickled_reader_becomes_the_one_open_reader_of_its_process(store):
     reader = ChunkReader(str(store), int(load_tile_index(store).attrs["year"]), BANDS, 64, 1024)
     again = pickle.loads(pickle.dumps(reader))
     assert again is pickle.loads(pickle.dumps(reader))
-    assert (again.store, again.year_index, again.band_index) == (reader.store, reader.year_index, reader.band_index)
+    assert (again.store, again.year_index, again.band_index) == (
+        reader.store,
+        reader.year_index,
+        reader.band_index,
+    )
 
 
 @pytest.mark.parametrize("bands", [BANDS, ("nir", "red", "swir2")])
@@ -111,7 +124,7 @@ def test_normalize_turns_no_data_into_zero():
 def test_the_eight_augmentation_draws_are_the_eight_flips_and_rotations():
     import tensorflow as tf
 
-    from miningxr.config import FILL_VALUE
+    from miningxr.encoding import FILL_VALUE
     from miningxr.loader import _prepare_kernel
 
     rng = np.random.default_rng(5)
@@ -121,11 +134,17 @@ def test_the_eight_augmentation_draws_are_the_eight_flips_and_rotations():
     a, b, one, zero = tf.constant([2.0, 3.0, 4.0]), tf.constant([0.5, 0.0, -1.0]), tf.ones(2), tf.zeros(2)
     # the kernel's a, b are scale/std and (offset - mean)/std: this is normalize() band-first
     plain = np.where(dn == FILL_VALUE, 0.0, dn * a.numpy()[:, None, None] + b.numpy()[:, None, None])
-    want = {np.rot90(np.flip(plain, axis) if axis else plain, k, axes=(2, 3)).transpose(0, 2, 3, 1).round(3).tobytes()
-            for axis in (None, 2) for k in range(4)}
+    want = {
+        np.rot90(np.flip(plain, axis) if axis else plain, k, axes=(2, 3))
+        .transpose(0, 2, 3, 1)
+        .round(3)
+        .tobytes()
+        for axis in (None, 2)
+        for k in range(4)
+    }
     got = set()
     for k in range(8):
-        x, m = _prepare_kernel()(tf.constant(dn), tf.constant(y), a, b, tf.constant(k), one, zero)
+        x, _m = _prepare_kernel()(tf.constant(dn), tf.constant(y), a, b, tf.constant(k), one, zero)
         got.add(x.numpy().round(3).tobytes())
         assert (x.numpy()[0, ..., 0] == 0).sum() == 1  # the no-data pixel moved with its tile, still 0
     assert got == want
@@ -142,8 +161,15 @@ def test_augmentation_moves_masks_with_their_tiles():
     tf.random.set_seed(0)
     seen = set()
     for _ in range(12):
-        x, m = prepare_batch(tf.constant(dn), tf.constant(y), [0.0, 0.0], [1.0, 1.0], augment=True,
-                             brightness=0.0, contrast=0.0)
+        x, m = prepare_batch(
+            tf.constant(dn),
+            tf.constant(y),
+            [0.0, 0.0],
+            [1.0, 1.0],
+            augment=True,
+            brightness=0.0,
+            contrast=0.0,
+        )
         np.testing.assert_array_equal(x.numpy()[..., 0] > 0.15, m.numpy()[..., 0] > 0.5)
         seen.add(x.numpy()[0, :, :, 0].tobytes())
     assert len(seen) > 2  # several of the 8 flips/rotations were drawn
@@ -164,15 +190,15 @@ def test_a_read_unit_cut_short_by_the_grid_edge_keeps_the_right_tiles():
 
 
 def test_a_store_layout_the_fast_reader_declines_is_read_through_zarr_alike(store, monkeypatch):
-    from miningxr.store import ShardReader
+    from miningxr.shardfile import ShardReader
 
     index = load_tile_index(store)
     origins, flags = _chunk_table(index, 1024, 64)
     fast = ChunkReader(str(store), int(index.attrs["year"]), ["swir1", "red"], 64, 1024)
-    want = [fast(int(o[0]), int(o[1]), f) for o, f in zip(origins, flags)]
+    want = [fast(int(o[0]), int(o[1]), f) for o, f in zip(origins, flags, strict=True)]
     monkeypatch.setattr(ShardReader, "for_array", classmethod(lambda cls, array: None))
     slow = ChunkReader(str(store), int(index.attrs["year"]), ["swir1", "red"], 64, 1024)
-    for (o, f), (x, y) in zip(zip(origins, flags), want):
+    for (o, f), (x, y) in zip(zip(origins, flags, strict=True), want, strict=True):
         xs, ys = slow(int(o[0]), int(o[1]), f)
         np.testing.assert_array_equal(xs, x)
         np.testing.assert_array_equal(ys, y)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from miningxr.config import TrainConfig
-from miningxr.model.losses import IoU, Dice, dice_loss, focal_loss, get_loss, weighted_bce
+from miningxr.model.losses import Dice, IoU, dice_loss, focal_loss, get_loss, weighted_bce
 from miningxr.model.unet import build_unet, load_model, model_spec
 
 Y = np.array([1.0, 0.0, 1.0, 0.0])
@@ -28,7 +28,9 @@ def test_focal_loss_matches_hand_computation():
 
 
 def test_combined_loss_is_bce_plus_dice():
-    assert float(get_loss("combined", 10)(Y, P)) == pytest.approx(float(weighted_bce(Y, P, 10) + dice_loss(Y, P)), rel=1e-6)
+    assert float(get_loss("combined", 10)(Y, P)) == pytest.approx(
+        float(weighted_bce(Y, P, 10) + dice_loss(Y, P)), rel=1e-6
+    )
 
 
 def test_iou_and_dice_metrics_accumulate_over_batches():

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from miningxr import ModelMismatchError, open_store, predict
-from miningxr.loader import normalize
+from miningxr.encoding import normalize
 from miningxr.model.unet import load_model, model_spec
 
 
@@ -43,10 +43,11 @@ def test_a_model_with_other_bands_is_refused(cube, tmp_path):
     from miningxr import build_unet
     from miningxr.config import TrainConfig
 
-    path = tmp_path / "six.keras"
-    build_unet(TrainConfig(base_filters=4, depth=2, bands=("blue", "green", "red", "nir", "swir1", "ndvi"))).save(path)
-    with pytest.raises(ModelMismatchError, match="missing \\['ndvi'\\]"):
-        predict(cube, path)
+    path = tmp_path / "thermal.keras"
+    build_unet(TrainConfig(base_filters=4, depth=2, bands=("red", "nir", "thermal"))).save(path)
+    no_thermal = cube["landsat"].sel(band=["blue", "green", "red", "nir", "swir1", "swir2"])
+    with pytest.raises(ModelMismatchError, match="missing \\['thermal'\\]"):
+        predict(no_thermal, path)
 
 
 def test_a_model_whose_input_is_not_its_recorded_tile_size_is_refused(cube):
@@ -63,14 +64,22 @@ def test_a_model_whose_input_is_not_its_recorded_tile_size_is_refused(cube):
 
 
 def test_a_missing_model_file_is_named(cube, tmp_path):
-    with pytest.raises(FileNotFoundError, match="miningxr train"):
+    from miningxr import ModelFileError
+
+    with pytest.raises(ModelFileError, match="miningxr train"):
         predict(cube, tmp_path / "none.keras")
 
 
 def test_pixels_without_any_valid_band_are_predicted_as_nan(cube, tiny_model):
     holed = cube.copy()
-    holed["landsat"] = cube.landsat.where(~((cube.y >= cube.y[100]) & (cube.y <= cube.y[50])
-                                            & (cube.x >= cube.x[300]) & (cube.x <= cube.x[399])))
+    holed["landsat"] = cube.landsat.where(
+        ~(
+            (cube.y >= cube.y[100])
+            & (cube.y <= cube.y[50])
+            & (cube.x >= cube.x[300])
+            & (cube.x <= cube.x[399])
+        )
+    )
     prob = predict(holed, tiny_model, overlap=16).values
     assert np.isnan(prob[50:101, 300:400]).all()
     assert np.isfinite(prob[:50]).all() and np.isfinite(prob[101:]).all()

@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 import zarr
 
-from miningxr.config import FILL_VALUE, StoreLayout
+from miningxr.catalog import Catalog
+from miningxr.config import StoreLayout
+from miningxr.encoding import FILL_VALUE
 from miningxr.grid import GridSlice
 from miningxr.sources.synthetic import open_synthetic
-from miningxr.store import Catalog
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
 
@@ -50,8 +51,18 @@ def _bbox_args(region: GridSlice) -> list[str]:
 
 
 def _ingest_cmd(store, region, config) -> list[str]:
-    return [*RUN, "ingest", "--store", str(store), *_bbox_args(region), "--year", *map(str, YEARS),
-            "--config", str(config), "-q"]
+    return [
+        *RUN,
+        "ingest",
+        "--store",
+        str(store),
+        *_bbox_args(region),
+        "--year",
+        *map(str, YEARS),
+        "--config",
+        str(config),
+        "-q",
+    ]
 
 
 def _done(store, variable="landsat") -> int:
@@ -89,10 +100,16 @@ def _assert_each_shard_final_or_empty(store, region, reference):
         yi = year - LAYOUT.first_year
         for r in range(region.row0, region.row1, LAYOUT.shard):
             for c in range(region.col0, region.col1, LAYOUT.shard):
-                got = arr[yi, :, r:r + LAYOUT.shard, c:c + LAYOUT.shard]
-                want = reference[k, :, r - region.row0:r - region.row0 + LAYOUT.shard,
-                                 c - region.col0:c - region.col0 + LAYOUT.shard]
-                assert (got == want).all() or (got == FILL_VALUE).all(), f"shard {(year, r, c)} is half-written"
+                got = arr[yi, :, r : r + LAYOUT.shard, c : c + LAYOUT.shard]
+                want = reference[
+                    k,
+                    :,
+                    r - region.row0 : r - region.row0 + LAYOUT.shard,
+                    c - region.col0 : c - region.col0 + LAYOUT.shard,
+                ]
+                assert (got == want).all() or (got == FILL_VALUE).all(), (
+                    f"shard {(year, r, c)} is half-written"
+                )
 
 
 def _assert_complete(store, region, reference, n_shards):
@@ -101,12 +118,17 @@ def _assert_complete(store, region, reference, n_shards):
     assert (df.state == "done").sum() == n_shards and set(df.state) == {"done"}
     assert not list(store.rglob("*.partial*"))
     got = zarr.open_group(store, mode="r")["landsat"][
-        YEARS[0] - LAYOUT.first_year:YEARS[-1] - LAYOUT.first_year + 1, :, region.row0:region.row1,
-        region.col0:region.col1]
+        YEARS[0] - LAYOUT.first_year : YEARS[-1] - LAYOUT.first_year + 1,
+        :,
+        region.row0 : region.row1,
+        region.col0 : region.col1,
+    ]
     np.testing.assert_array_equal(got, reference)
 
 
-def test_ingest_killed_repeatedly_resumes_to_the_uninterrupted_store(tmp_path, region, reference, small_layout_config):
+def test_ingest_killed_repeatedly_resumes_to_the_uninterrupted_store(
+    tmp_path, region, reference, small_layout_config
+):
     store = tmp_path / "s.zarr"
     cmd = _ingest_cmd(store, region, small_layout_config)
     rng = np.random.default_rng(1)
@@ -119,12 +141,18 @@ def test_ingest_killed_repeatedly_resumes_to_the_uninterrupted_store(tmp_path, r
     _assert_complete(store, region, reference, 2 * 16)
 
 
-def test_two_overlapping_ingests_at_once_write_each_shard_once(tmp_path, region, reference, small_layout_config):
+def test_two_overlapping_ingests_at_once_write_each_shard_once(
+    tmp_path, region, reference, small_layout_config
+):
     store = tmp_path / "s.zarr"
     west = GridSlice(region.row0, region.row1, region.col0, region.col0 + 1536)
     east = GridSlice(region.row0, region.row1, region.col0 + 512, region.col1)
-    procs = [subprocess.Popen(_ingest_cmd(store, part, small_layout_config), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE) for part in (west, east)]
+    procs = [
+        subprocess.Popen(
+            _ingest_cmd(store, part, small_layout_config), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        for part in (west, east)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err.decode()[-2000:]
@@ -143,13 +171,25 @@ def test_a_worker_killed_mid_ingest_loses_nothing(tmp_path, region, reference):
     from miningxr import ingest
 
     store = tmp_path / "s.zarr"
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=":0", host="127.0.0.1") as cluster, \
-            distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", host="127.0.0.1"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         result = {}
-        t = threading.Thread(target=lambda: result.update(
-            report=ingest(store, region, list(YEARS), layout=LAYOUT, scheduler=cluster.scheduler_address,
-                          progress=False)))
+        t = threading.Thread(
+            target=lambda: result.update(
+                report=ingest(
+                    store,
+                    region,
+                    list(YEARS),
+                    layout=LAYOUT,
+                    scheduler=cluster.scheduler_address,
+                    progress=False,
+                )
+            )
+        )
         t.start()
         t0 = time.monotonic()
         while _done(store) < 4 and time.monotonic() - t0 < 120:
@@ -169,19 +209,38 @@ def test_prediction_write_killed_resumes_to_the_uninterrupted_one(tmp_path, regi
     store = tmp_path / "s.zarr"
     ingest(store, region, 2020, layout=LAYOUT, progress=False)
     ref_out, out = tmp_path / "ref.zarr", tmp_path / "pred.zarr"
-    base = [*RUN, "predict", "--store", str(store), "--model", str(tiny_model), *_bbox_args(region),
-            "--year", "2020", "--overlap", "0", "-q"]
+    base = [
+        *RUN,
+        "predict",
+        "--store",
+        str(store),
+        "--model",
+        str(tiny_model),
+        *_bbox_args(region),
+        "--year",
+        "2020",
+        "--overlap",
+        "0",
+        "-q",
+    ]
     assert subprocess.run([*base, "--out", str(ref_out)], capture_output=True, timeout=300).returncode == 0
-    want = zarr.open_group(ref_out, mode="r")["mining_probability"][region.row0:region.row1, region.col0:region.col1]
+    want = zarr.open_group(ref_out, mode="r")["mining_probability"][
+        region.row0 : region.row1, region.col0 : region.col1
+    ]
     assert np.isfinite(want).all()
     rng = np.random.default_rng(2)
     for _ in range(2):
-        _kill_after([*base, "--out", str(out)], out, 0, float(rng.uniform(2.0, 6.0)),
-                    variable="mining_probability")
+        _kill_after(
+            [*base, "--out", str(out)], out, 0, float(rng.uniform(2.0, 6.0)), variable="mining_probability"
+        )
         if (out / "zarr.json").exists():
-            got = zarr.open_group(out, mode="r")["mining_probability"][region.row0:region.row1, region.col0:region.col1]
+            got = zarr.open_group(out, mode="r")["mining_probability"][
+                region.row0 : region.row1, region.col0 : region.col1
+            ]
             assert np.isnan(got).all() or np.array_equal(got, want), "half-written prediction"
     assert subprocess.run([*base, "--out", str(out)], capture_output=True, timeout=300).returncode == 0
-    got = zarr.open_group(out, mode="r")["mining_probability"][region.row0:region.row1, region.col0:region.col1]
+    got = zarr.open_group(out, mode="r")["mining_probability"][
+        region.row0 : region.row1, region.col0 : region.col1
+    ]
     np.testing.assert_array_equal(got, want)
     assert not list(out.rglob("*.partial*"))

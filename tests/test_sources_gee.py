@@ -7,8 +7,8 @@ import logging
 
 import numpy as np
 import pytest
-
 from fake_ee import FakeEarthEngine
+
 from miningxr import ingest, open_landsat, open_store, status
 from miningxr.config import StoreLayout
 from miningxr.grid import GridSlice
@@ -34,8 +34,13 @@ def no_credentials(tmp_path, monkeypatch):
     """A machine where nobody ran `earthengine authenticate` and no ADC exists."""
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("NO_GCE_CHECK", "True")  # google-auth would probe the GCE metadata server
-    for var in ("GOOGLE_APPLICATION_CREDENTIALS", "EE_CREDENTIALS", "CLOUDSDK_CONFIG",
-                "MININGXR_GEE_KEY_FILE", "MININGXR_GEE_PROJECT"):
+    for var in (
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "EE_CREDENTIALS",
+        "CLOUDSDK_CONFIG",
+        "MININGXR_GEE_KEY_FILE",
+        "MININGXR_GEE_PROJECT",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
     ee.Reset()
@@ -66,8 +71,15 @@ def test_gee_requests_land_on_the_global_grid_under_the_size_limit(shard_slice):
 
 def test_gee_ingest_equals_synthetic_ingest(tmp_path, client, two_shards):
     with FakeEarthEngine():
-        report = ingest(tmp_path / "gee.zarr", two_shards, 2020, source="gee", layout=LAYOUT,
-                        source_options=FAST, progress=False)
+        report = ingest(
+            tmp_path / "gee.zarr",
+            two_shards,
+            2020,
+            source="gee",
+            layout=LAYOUT,
+            source_options=FAST,
+            progress=False,
+        )
     assert report.ok and report.written == 2
     ingest(tmp_path / "syn.zarr", two_shards, 2020, layout=LAYOUT, progress=False)
     a = open_store(tmp_path / "gee.zarr", two_shards, 2020).landsat.values
@@ -86,8 +98,15 @@ def test_gee_quota_errors_are_retried_and_nothing_is_lost(tmp_path, client, two_
         return None
 
     with FakeEarthEngine(fault=quota) as fake:
-        report = ingest(tmp_path / "s.zarr", two_shards, 2020, source="gee", layout=LAYOUT,
-                        source_options=FAST, progress=False)
+        report = ingest(
+            tmp_path / "s.zarr",
+            two_shards,
+            2020,
+            source="gee",
+            layout=LAYOUT,
+            source_options=FAST,
+            progress=False,
+        )
     assert failed_once and report.ok and not report.failed
     assert len(fake.requests) == 2 * 7 + len(failed_once)  # each refused request was sent again
     got = open_store(tmp_path / "s.zarr", two_shards, 2020).landsat.values
@@ -100,14 +119,17 @@ def test_gee_permanent_error_marks_only_its_shard_failed(tmp_path, client, two_s
 
     def refuse(n, grid):
         if grid["affineTransform"]["translateX"] >= bad_x:
-            return ee.EEException("Image.load: Asset 'LANDSAT/COMPOSITES/C02/T1_L2_ANNUAL' is not "
-                                  "accessible to project fake-project.")
+            return ee.EEException(
+                "Image.load: Asset 'LANDSAT/COMPOSITES/C02/T1_L2_ANNUAL' is not "
+                "accessible to project fake-project."
+            )
         return None
 
     path = tmp_path / "s.zarr"
     with FakeEarthEngine(fault=refuse):
-        report = ingest(path, two_shards, 2020, source="gee", layout=LAYOUT, source_options=FAST,
-                        progress=False)
+        report = ingest(
+            path, two_shards, 2020, source="gee", layout=LAYOUT, source_options=FAST, progress=False
+        )
     assert report.written == 1 and len(report.failed) == 1
     (err,) = report.failed.values()
     assert "refused" in err and "not accessible" in err
@@ -119,9 +141,11 @@ def test_gee_permanent_error_marks_only_its_shard_failed(tmp_path, client, two_s
 def test_gee_year_without_a_composite_is_a_clear_error(shard_slice):
     from miningxr.config import SyntheticConfig
 
-    with FakeEarthEngine(SyntheticConfig(last_year=2020)):
-        with pytest.raises(SourceError, match=r"no Earth Engine composite for year\(s\) \[2021\]"):
-            open_landsat(shard_slice, [2020, 2021], source="gee")
+    with (
+        FakeEarthEngine(SyntheticConfig(last_year=2020)),
+        pytest.raises(SourceError, match=r"no Earth Engine composite for year\(s\) \[2021\]"),
+    ):
+        open_landsat(shard_slice, [2020, 2021], source="gee")
 
 
 def test_gee_without_credentials_says_how_to_authenticate(no_credentials, shard_slice):
@@ -131,7 +155,7 @@ def test_gee_without_credentials_says_how_to_authenticate(no_credentials, shard_
 
 
 def test_gee_missing_key_file_names_the_option(no_credentials, shard_slice, tmp_path):
-    with pytest.raises(SourceError, match="key file .* does not exist"):
+    with pytest.raises(SourceError, match=r"key file .* does not exist"):
         open_landsat(shard_slice, 2020, source="gee", key_file=tmp_path / "nope.json")
 
 
@@ -141,18 +165,26 @@ def service_account_key(tmp_path):
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode()
-    info = {"type": "service_account", "project_id": "p", "private_key_id": "abc123secretkeyid",
-            "private_key": pem, "client_email": "sa@p.iam.gserviceaccount.com",
-            "client_id": "1", "token_uri": "https://oauth2.googleapis.com/token"}
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    info = {
+        "type": "service_account",
+        "project_id": "p",
+        "private_key_id": "abc123secretkeyid",
+        "private_key": pem,
+        "client_email": "sa@p.iam.gserviceaccount.com",
+        "client_id": "1",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
     path = tmp_path / "key.json"
     path.write_text(json.dumps(info))
     return path, pem
 
 
-def test_gee_without_network_says_so_and_never_logs_the_key(no_credentials, shard_slice,
-                                                           service_account_key, caplog, capsys):
+def test_gee_without_network_says_so_and_never_logs_the_key(
+    no_credentials, shard_slice, service_account_key, caplog, capsys
+):
     path, pem = service_account_key
     caplog.set_level(logging.DEBUG)
     with pytest.raises(SourceError, match="cannot reach Earth Engine") as info:
@@ -168,8 +200,29 @@ def test_cli_ingest_from_earth_engine_then_status(tmp_path, client, capsys, smal
 
     store = str(tmp_path / "s.zarr")
     with FakeEarthEngine():
-        assert main(["ingest", "--store", store, "--bbox", "29.05", "-25.95", "29.051", "-25.949",
-                     "--year", "2020", "--source", "gee", "--gee-project", "fake-project",
-                     "--config", str(small_layout_config), "-q"]) == 0
+        assert (
+            main(
+                [
+                    "ingest",
+                    "--store",
+                    store,
+                    "--bbox",
+                    "29.05",
+                    "-25.95",
+                    "29.051",
+                    "-25.949",
+                    "--year",
+                    "2020",
+                    "--source",
+                    "gee",
+                    "--gee-project",
+                    "fake-project",
+                    "--config",
+                    str(small_layout_config),
+                    "-q",
+                ]
+            )
+            == 0
+        )
     assert main(["status", "--store", store]) == 0
     assert "shard(s) done, 0 left" in capsys.readouterr().out

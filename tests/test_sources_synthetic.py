@@ -8,8 +8,14 @@ from miningxr.sources.synthetic import mine_polygons
 
 
 def test_values_do_not_depend_on_slicing_or_chunking(shard_slice):
-    big = open_landsat(shard_slice, 2020, decode=False).landsat.isel(y=slice(100, 400), x=slice(250, 600)).values
-    sub = GridSlice(shard_slice.row0 + 100, shard_slice.row0 + 400, shard_slice.col0 + 250, shard_slice.col0 + 600)
+    big = (
+        open_landsat(shard_slice, 2020, decode=False)
+        .landsat.isel(y=slice(100, 400), x=slice(250, 600))
+        .values
+    )
+    sub = GridSlice(
+        shard_slice.row0 + 100, shard_slice.row0 + 400, shard_slice.col0 + 250, shard_slice.col0 + 600
+    )
     small = open_landsat(sub, 2020, decode=False, chunks=128).landsat.values
     assert np.array_equal(big, small)
 
@@ -30,7 +36,9 @@ def test_years_differ_and_mines_grow(shard_slice):
 
 
 def test_year_outside_range_is_refused(shard_slice):
-    with pytest.raises(SourceError, match="outside the synthetic source's range 1984-2025"):
+    from miningxr import YearError
+
+    with pytest.raises(YearError, match="outside the synthetic source's range 1984-2025"):
         open_landsat(shard_slice, 2040)
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from miningxr import StoreError, open_landsat, open_store, status
+from miningxr import StoreError, YearError, open_landsat, open_store, status
 from miningxr.grid import GridSlice
 from miningxr.store import create_store
 
@@ -78,13 +78,16 @@ def test_years_out_of_order_and_apart_read_each_year_as_stored(tmp_path, client,
 
 
 def test_a_year_the_store_does_not_hold_is_refused_with_the_fix(store):
-    with pytest.raises(StoreError, match=r"holds no imagery for year\(s\) \[2016, 2017\]; it holds \[2020\]"
-                                         r".*--year 2016 2017"):
+    with pytest.raises(
+        YearError,
+        match=r"holds no imagery for year\(s\) \[2016, 2017\]; it holds \[2020\]"
+        r".*--year 2016 2017",
+    ):
         open_store(store, years=[2020, 2016, 2017])
 
 
 def test_year_outside_the_store_is_refused(store):
-    with pytest.raises(StoreError, match="outside the store's years"):
+    with pytest.raises(YearError, match="outside the store's years"):
         open_store(store, years=1950)
 
 
@@ -101,8 +104,10 @@ def sparse_store(tmp_path):
     root = zarr.open_group(path, mode="r+", zarr_format=3)
     rng = np.random.default_rng(1)
     r, c = 1024 * 256, 2048 * 256  # chunk (1024, 2048): the top-left chunk of its shard
-    root["landsat"][36, :, r:r + 256, c:c + 256] = rng.integers(-2000, 30000, (7, 256, 256), dtype=np.int16)
-    root["mining"][r:r + 256, c:c + 256] = rng.integers(0, 2, (256, 256), dtype=np.uint8)
+    root["landsat"][36, :, r : r + 256, c : c + 256] = rng.integers(
+        -2000, 30000, (7, 256, 256), dtype=np.int16
+    )
+    root["mining"][r : r + 256, c : c + 256] = rng.integers(0, 2, (256, 256), dtype=np.uint8)
     return path, (1024, 2048)
 
 
@@ -110,7 +115,7 @@ def sparse_store(tmp_path):
 def test_shard_reader_decodes_chunks_as_zarr_does(sparse_store, name):
     import zarr
 
-    from miningxr.store import ShardReader
+    from miningxr.shardfile import ShardReader
 
     path, (r, c) = sparse_store
     arr = zarr.open_array(path, path=name, mode="r")
@@ -120,8 +125,8 @@ def test_shard_reader_decodes_chunks_as_zarr_does(sparse_store, name):
     coords = [(*lead, r, c), (*lead, r + 1, c), (*lead, r + 2, c)]
     outs = [np.empty(arr.chunks, arr.dtype) for _ in coords]
     reader.read(coords, outs)
-    for at, out in zip(coords, outs):
-        want = arr[tuple(slice(i * n, (i + 1) * n) for i, n in zip(at, arr.chunks))]
+    for at, out in zip(coords, outs, strict=True):
+        want = arr[tuple(slice(i * n, (i + 1) * n) for i, n in zip(at, arr.chunks, strict=True))]
         np.testing.assert_array_equal(out, want)
     assert (outs[0] != arr.fill_value).any() and (outs[1] == arr.fill_value).all()
 
@@ -129,7 +134,7 @@ def test_shard_reader_decodes_chunks_as_zarr_does(sparse_store, name):
 def test_shard_reader_reports_a_damaged_shard_and_the_fix(sparse_store):
     import zarr
 
-    from miningxr.store import ShardReader
+    from miningxr.shardfile import ShardReader
 
     path, (r, c) = sparse_store
     arr = zarr.open_array(path, path="mining", mode="r")
@@ -137,14 +142,14 @@ def test_shard_reader_reports_a_damaged_shard_and_the_fix(sparse_store):
     data = bytearray(shard.read_bytes())
     data[-10] ^= 0xFF  # inside the chunk index
     shard.write_bytes(bytes(data))
-    with pytest.raises(StoreError, match="damaged.*re-run the ingest"):
+    with pytest.raises(StoreError, match=r"damaged.*re-run the ingest"):
         ShardReader.for_array(arr).read([(r, c)], [np.empty(arr.chunks, arr.dtype)])
 
 
 def test_shard_reader_reports_an_undecodable_chunk_and_the_fix(sparse_store):
     import zarr
 
-    from miningxr.store import ShardReader
+    from miningxr.shardfile import ShardReader
 
     path, (r, c) = sparse_store
     arr = zarr.open_array(path, path="mining", mode="r")
@@ -152,14 +157,14 @@ def test_shard_reader_reports_an_undecodable_chunk_and_the_fix(sparse_store):
     data = bytearray(shard.read_bytes())
     data[:4] = b"\0\0\0\0"  # the zstd frame's magic number of the one chunk, at offset 0
     shard.write_bytes(bytes(data))
-    with pytest.raises(StoreError, match="cannot be decoded.*re-run the ingest"):
+    with pytest.raises(StoreError, match=r"cannot be decoded.*re-run the ingest"):
         ShardReader.for_array(arr).read([(r, c)], [np.empty(arr.chunks, arr.dtype)])
 
 
 def test_shard_reader_declines_a_layout_it_does_not_know(tmp_path):
     import zarr
 
-    from miningxr.store import ShardReader
+    from miningxr.shardfile import ShardReader
 
     plain = zarr.create_array(tmp_path / "plain.zarr", shape=(64, 64), chunks=(32, 32), dtype="uint8")
     assert ShardReader.for_array(plain) is None

@@ -56,7 +56,8 @@ def test_all_nodata_tiles_are_never_selected(tmp_path, client, shard_slice, poly
     import zarr
 
     from miningxr import ingest, write_mask
-    from miningxr.config import FILL_VALUE, StoreLayout
+    from miningxr.config import StoreLayout
+    from miningxr.encoding import FILL_VALUE
     from miningxr.grid import GridSlice
 
     layout = StoreLayout(chunk=256, shard=512)
@@ -64,8 +65,9 @@ def test_all_nodata_tiles_are_never_selected(tmp_path, client, shard_slice, poly
     path = tmp_path / "s.zarr"
     ingest(path, one, 2020, layout=layout, progress=False)
     # the top half of the shard has no data (a scene gap), as a source may leave it
-    zarr.open_group(path, mode="r+")["landsat"][2020 - layout.first_year, :, one.row0:one.row0 + 256,
-                                                 one.col0:one.col1] = FILL_VALUE
+    zarr.open_group(path, mode="r+")["landsat"][
+        2020 - layout.first_year, :, one.row0 : one.row0 + 256, one.col0 : one.col1
+    ] = FILL_VALUE
     write_mask(path, polygons_path, progress=False)
     index = tile_index(path, config=TileConfig(block_tiles=1, buffer_tiles=0, negative_ratio=None))
     empty = index.row0 < one.row0 + 256

@@ -6,14 +6,19 @@ Example
 -------
 >>> import numpy as np
 >>> y = np.array([[1.0, 0.0]]); p = np.array([[0.8, 0.2]])
->>> round(float(dice_loss(y, p)), 4)
-0.2
+>>> round(float(dice_loss(y, p)), 4)  # 1 - (2 * 0.8 + 1) / (1 + 1 + 1)
+0.1333
 """
 
 from __future__ import annotations
 
+from typing import Any, get_args
+
 import keras
 from keras import ops
+
+from ..config import Loss
+from ..errors import ConfigError
 
 EPS = 1e-6
 
@@ -51,9 +56,11 @@ def focal_loss(y_true, y_pred, alpha: float = 0.25, gamma: float = 2.0):
 class SegmentationLoss(keras.losses.Loss):
     """A named, serializable loss: saved models hold no lambda, and load in safe mode."""
 
-    def __init__(self, kind: str = "combined", pos_weight: float = 10.0, name: str | None = None, **kwargs):
-        if kind not in ("bce", "dice", "focal", "combined"):
-            raise ValueError(f"unknown loss {kind!r}; choose bce, dice, focal or combined")
+    def __init__(
+        self, kind: Loss = "combined", pos_weight: float = 10.0, name: str | None = None, **kwargs: Any
+    ):
+        if kind not in get_args(Loss):
+            raise ConfigError(f"unknown loss {kind!r}; choose one of {', '.join(get_args(Loss))}")
         super().__init__(name=name or f"{kind}_loss", **kwargs)
         self.kind, self.pos_weight = kind, float(pos_weight)
 
@@ -70,7 +77,7 @@ class SegmentationLoss(keras.losses.Loss):
         return {**super().get_config(), "kind": self.kind, "pos_weight": self.pos_weight}
 
 
-def get_loss(name: str, pos_weight: float = 10.0) -> SegmentationLoss:
+def get_loss(name: Loss, pos_weight: float = 10.0) -> SegmentationLoss:
     """The loss called ``name``: ``bce``, ``dice``, ``focal`` or ``combined`` (weighted BCE + Dice)."""
     return SegmentationLoss(name, pos_weight)
 
@@ -127,12 +134,15 @@ class F1(Dice):
 
 def metrics(threshold: float = 0.5) -> list:
     """Dice, IoU, precision, recall, F1 and AUC, all on the positive class."""
-    return [Dice(threshold), IoU(threshold), keras.metrics.Precision(thresholds=threshold, name="precision"),
-            keras.metrics.Recall(thresholds=threshold, name="recall"), F1(threshold),
-            keras.metrics.AUC(name="auc")]
+    return [
+        Dice(threshold),
+        IoU(threshold),
+        keras.metrics.Precision(thresholds=threshold, name="precision"),
+        keras.metrics.Recall(thresholds=threshold, name="recall"),
+        F1(threshold),
+        keras.metrics.AUC(name="auc"),
+    ]
 
 
-def custom_objects() -> dict:
-    from .unet import TileSpec
-
-    return {"TileSpec": TileSpec, "IoU": IoU, "Dice": Dice, "F1": F1}
+#: the metrics a saved model may name, for loading it
+CUSTOM_OBJECTS: dict[str, Any] = {"IoU": IoU, "Dice": Dice, "F1": F1}

@@ -8,13 +8,22 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import keras
+
 from ..config import TrainConfig
+from ..errors import LoaderError
 from ..jsonio import write_json
+from ..loader import training_dataset
+from ..store import check_output_folder
 from ..tfimport import import_tensorflow
+from ..tiles import load_tile_index
+from .losses import get_loss, metrics
+from .unet import build_unet
 
 log = logging.getLogger("miningxr")
 
@@ -35,9 +44,7 @@ class TrainResult:
 
 
 @contextlib.contextmanager
-def _precision(mixed: bool):
-    import keras
-
+def _precision(mixed: bool) -> Iterator[None]:
     if not mixed:
         yield
         return
@@ -70,8 +77,6 @@ def _no_spurious_end_of_data_warning():
 def _learning_rate(cfg: TrainConfig, index: Any, steps_per_epoch: int | None):
     """The optimizer's learning rate: a cosine decay over the planned steps, or a constant
     that ``ReduceLROnPlateau`` lowers."""
-    import keras
-
     if cfg.lr_schedule != "cosine":
         return cfg.learning_rate
     # an epoch is every selected training tile once, in batches (the loader keeps the last,
@@ -83,9 +88,16 @@ def _learning_rate(cfg: TrainConfig, index: Any, steps_per_epoch: int | None):
     return keras.optimizers.schedules.CosineDecay(cfg.learning_rate, cfg.epochs * steps, alpha=0.01)
 
 
-def train(store: str | os.PathLike, *, index: Any = None, config: TrainConfig | None = None,
-          out_dir: str | os.PathLike = "miningxr-run", client: Any = None, verbose: int = 1,
-          steps_per_epoch: int | None = None) -> TrainResult:
+def train(
+    store: str | os.PathLike,
+    *,
+    index: Any = None,
+    config: TrainConfig | None = None,
+    out_dir: str | os.PathLike = "miningxr-run",
+    client: Any = None,
+    verbose: int = 1,
+    steps_per_epoch: int | None = None,
+) -> TrainResult:
     """Train a UNet on a store's tile index and save ``<out_dir>/model.keras``.
 
     Parameters
@@ -112,14 +124,6 @@ def train(store: str | os.PathLike, *, index: Any = None, config: TrainConfig | 
     >>> result.test_metrics["iou"]  # doctest: +SKIP
     0.86
     """
-    import keras
-
-    from ..loader import training_dataset
-    from ..store import check_output_folder
-    from ..tiles import load_tile_index
-    from .losses import get_loss, metrics
-    from .unet import build_unet
-
     t0 = time.perf_counter()
     cfg = config or TrainConfig()
     out = Path(out_dir)
@@ -128,32 +132,50 @@ def train(store: str | os.PathLike, *, index: Any = None, config: TrainConfig | 
     stats = index.attrs["stats"]
     missing = [b for b in cfg.bands if b not in stats["bands"]]
     if missing:
-        raise ValueError(f"config bands {missing} are not in the store's bands {stats['bands']}")
+        raise LoaderError(f"config bands {missing} are not in the tile index's bands {stats['bands']}")
     out.mkdir(parents=True, exist_ok=True)
     pos = [stats["bands"].index(b) for b in cfg.bands]
     model_stats = {"mean": [stats["mean"][i] for i in pos], "std": [stats["std"][i] for i in pos]}
     keras.utils.set_random_seed(cfg.seed)
 
-    train_ds = training_dataset(store, index, "train", config=cfg, client=client,
-                                repeat=steps_per_epoch is not None)
+    train_ds = training_dataset(
+        store, index, "train", config=cfg, client=client, repeat=steps_per_epoch is not None
+    )
     val_ds = training_dataset(store, index, "val", config=cfg, client=client)
     best = out / "model.keras"
     callbacks = [
-        keras.callbacks.EarlyStopping(monitor="val_iou", mode="max", patience=cfg.patience,
-                                      restore_best_weights=True),
+        keras.callbacks.EarlyStopping(
+            monitor="val_iou", mode="max", patience=cfg.patience, restore_best_weights=True
+        ),
         keras.callbacks.ModelCheckpoint(best, monitor="val_iou", mode="max", save_best_only=True),
         keras.callbacks.CSVLogger(out / "history.csv"),
         keras.callbacks.TensorBoard(log_dir=str(out / "tensorboard"), write_graph=False, profile_batch=0),
     ]
     if cfg.lr_schedule == "plateau":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=0.5, patience=max(2, cfg.patience // 3), min_lr=cfg.learning_rate / 100))
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss",
+                factor=0.5,
+                patience=max(2, cfg.patience // 3),
+                min_lr=cfg.learning_rate / 100,
+            )
+        )
     with _precision(cfg.mixed_precision), _strategy().scope(), _no_spurious_end_of_data_warning():
         model = build_unet(cfg, stats=model_stats)
-        model.compile(optimizer=keras.optimizers.Adam(_learning_rate(cfg, index, steps_per_epoch)),
-                      loss=get_loss(cfg.loss, cfg.pos_weight), metrics=metrics())
-        hist = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks,
-                         verbose=verbose, steps_per_epoch=steps_per_epoch, shuffle=False)  # the loader shuffles
+        model.compile(
+            optimizer=keras.optimizers.Adam(_learning_rate(cfg, index, steps_per_epoch)),
+            loss=get_loss(cfg.loss, cfg.pos_weight),
+            metrics=metrics(),
+        )
+        hist = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=cfg.epochs,
+            callbacks=callbacks,
+            verbose=verbose,
+            steps_per_epoch=steps_per_epoch,
+            shuffle=False,
+        )  # the loader shuffles
     if not best.exists():  # no epoch improved on nothing (e.g. NaN val_iou): keep the last
         model.save(best)
     test_ds = training_dataset(store, index, "test", config=cfg, client=client)
@@ -161,10 +183,15 @@ def train(store: str | os.PathLike, *, index: Any = None, config: TrainConfig | 
         test = model.evaluate(test_ds, verbose=0, return_dict=True)
     test = {k: float(v) for k, v in test.items()}
     history = {k: [float(x) for x in v] for k, v in hist.history.items()}
-    write_json({"config": asdict(cfg), "test": test, "epochs_run": len(history.get("loss", []))},
-               out / "train.json")
+    write_json(
+        {"config": asdict(cfg), "test": test, "epochs_run": len(history.get("loss", []))}, out / "train.json"
+    )
     result = TrainResult(model, best, history, test, time.perf_counter() - t0)
     # the metrics are the result (the CLI prints it); the log says what happened
-    log.info("trained %d epoch(s) in %.0fs; best model saved to %s", len(history.get("loss", [])),
-             result.seconds, best)
+    log.info(
+        "trained %d epoch(s) in %.0fs; best model saved to %s",
+        len(history.get("loss", [])),
+        result.seconds,
+        best,
+    )
     return result

@@ -12,8 +12,8 @@ from typing import Any
 
 import xarray as xr
 
-from ..grid import GridSlice, as_region
-from ._common import SourceError
+from ..errors import SourceError
+from ..grid import as_slice
 
 SOURCES = ("synthetic", "gee", "stac")
 
@@ -39,8 +39,15 @@ def source_years(source: str, **options: Any) -> tuple[int, int]:
     raise SourceError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
 
 
-def open_landsat(region: Any, year: int | Sequence[int], source: str = "synthetic", *,
-                 chunks: int = 512, decode: bool = True, **options: Any) -> xr.Dataset:
+def open_landsat(
+    region: Any,
+    year: int | Sequence[int],
+    source: str = "synthetic",
+    *,
+    chunks: int = 512,
+    decode: bool = True,
+    **options: Any,
+) -> xr.Dataset:
     """Open Landsat annual composites for a region and year(s) as a lazy xarray cube.
 
     Parameters
@@ -73,7 +80,7 @@ def open_landsat(region: Any, year: int | Sequence[int], source: str = "syntheti
     >>> list(ds.band.values)
     ['blue', 'green', 'red', 'nir', 'swir1', 'swir2', 'thermal']
     """
-    gslice = region if isinstance(region, GridSlice) else as_region(region).slice(1)
+    gslice = as_slice(region)
     if source == "synthetic":
         from .synthetic import open_synthetic
 

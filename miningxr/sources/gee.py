@@ -30,8 +30,10 @@ import pandas as pd
 import xarray as xr
 
 from ..config import BANDS
-from ..grid import GridSlice, as_region
-from ._common import SourceError, check_years, encode_dn, landsat_dataset
+from ..encoding import encode_dn
+from ..errors import SourceError
+from ..grid import as_slice
+from .common import check_years, landsat_dataset
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +49,12 @@ REQUEST_BYTE_LIMIT = 48 * 2**20
 #: a pixel value no composite can take; xee turns it into NaN, and we into the fill value
 MASK_VALUE = -9999.0
 
-_HOW_TO_AUTH = ("authenticate once with `earthengine authenticate` (or "
-                "`gcloud auth application-default login`), or give a service-account key file with "
-                f"--gee-key-file / key_file= / ${KEY_FILE_ENV}; set the Cloud project with "
-                f"--gee-project / project= / ${PROJECT_ENV}")
+_HOW_TO_AUTH = (
+    "authenticate once with `earthengine authenticate` (or "
+    "`gcloud auth application-default login`), or give a service-account key file with "
+    f"--gee-key-file / key_file= / ${KEY_FILE_ENV}; set the Cloud project with "
+    f"--gee-project / project= / ${PROJECT_ENV}"
+)
 
 
 @dataclass(frozen=True)
@@ -65,8 +69,9 @@ class EarthEngineAuth:
     key_file: str | None = None
 
     @classmethod
-    def from_options(cls, project: str | None = None, key_file: str | os.PathLike | None = None
-                     ) -> EarthEngineAuth:
+    def from_options(
+        cls, project: str | None = None, key_file: str | os.PathLike | None = None
+    ) -> EarthEngineAuth:
         project = project or os.environ.get(PROJECT_ENV) or None
         key_file = key_file or os.environ.get(KEY_FILE_ENV) or None
         return cls(project, str(Path(key_file).expanduser()) if key_file else None)
@@ -83,8 +88,9 @@ class EarthEngineAuth:
                 email = json.loads(path.read_text())["client_email"]
             except (ValueError, KeyError, TypeError):
                 # the message must not quote the file: it holds a private key
-                raise SourceError(f"{path} is not a service-account JSON key (no client_email); "
-                                  f"{_HOW_TO_AUTH}") from None
+                raise SourceError(
+                    f"{path} is not a service-account JSON key (no client_email); {_HOW_TO_AUTH}"
+                ) from None
             return ee.ServiceAccountCredentials(email, key_file=str(path))
         return ee.data.get_persistent_credentials()
 
@@ -110,12 +116,17 @@ def initialize(auth: EarthEngineAuth) -> None:
     except Exception as exc:  # google-auth, httplib2, requests, ee: many types, one remedy list
         reason = _short(exc)
         if _looks_offline(exc):
-            raise SourceError(f"cannot reach Earth Engine ({reason}); source='gee' needs network "
-                              "access to earthengine.googleapis.com — check the connection or "
-                              "proxy, or use source='synthetic' offline") from None
+            raise SourceError(
+                f"cannot reach Earth Engine ({reason}); source='gee' needs network "
+                "access to earthengine.googleapis.com — check the connection or "
+                "proxy, or use source='synthetic' offline"
+            ) from None
         raise SourceError(f"Earth Engine is not authenticated ({reason}); {_HOW_TO_AUTH}") from None
-    log.info("Earth Engine initialised (project %s, %s)", auth.project or "default",
-             "service-account key" if auth.key_file else "stored user credentials")
+    log.info(
+        "Earth Engine initialised (project %s, %s)",
+        auth.project or "default",
+        "service-account key" if auth.key_file else "stored user credentials",
+    )
 
 
 def _short(exc: BaseException) -> str:
@@ -135,9 +146,23 @@ def _looks_offline(exc: BaseException) -> bool:
     return False
 
 
-_TRANSIENT = ("429", "too many", "quota", "rate limit", "resource exhausted", "500", "502", "503",
-              "504", "internal error", "backend error", "unavailable", "deadline", "timed out",
-              "try again")
+_TRANSIENT = (
+    "429",
+    "too many",
+    "quota",
+    "rate limit",
+    "resource exhausted",
+    "500",
+    "502",
+    "503",
+    "504",
+    "internal error",
+    "backend error",
+    "unavailable",
+    "deadline",
+    "timed out",
+    "try again",
+)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -170,11 +195,17 @@ class RetryingPixels:
                 if not is_transient(exc):
                     raise SourceError(f"Earth Engine refused the request: {_short(exc)}") from None
                 if attempt == self.max_retries:
-                    raise SourceError(f"Earth Engine still failing after {attempt} retries: "
-                                      f"{_short(exc)}") from None
+                    raise SourceError(
+                        f"Earth Engine still failing after {attempt} retries: {_short(exc)}"
+                    ) from None
                 delay = min(self.max_delay, self.initial_delay * 2**attempt) * random.uniform(0.5, 1.0)
-                log.info("Earth Engine transient error (%s); retry %d/%d in %.1f s",
-                         _short(exc), attempt + 1, self.max_retries, delay)
+                log.info(
+                    "Earth Engine transient error (%s); retry %d/%d in %.1f s",
+                    _short(exc),
+                    attempt + 1,
+                    self.max_retries,
+                    delay,
+                )
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
@@ -199,11 +230,21 @@ def ee_units_to_ours(values: np.ndarray, band: str) -> np.ndarray:
     return (values - 273.15) / 100.0 if band == "thermal" else values
 
 
-def open_gee(region: Any, years: int | Sequence[int], *, chunks: int = 512, decode: bool = True,
-             project: str | None = None, key_file: str | os.PathLike | None = None,
-             collection: str = COLLECTION, request_side: int = REQUEST_SIDE,
-             max_retries: int = 6, initial_delay: float = 0.5, max_delay: float = 32.0,
-             threads: int = 8) -> xr.Dataset:
+def open_gee(
+    region: Any,
+    years: int | Sequence[int],
+    *,
+    chunks: int = 512,
+    decode: bool = True,
+    project: str | None = None,
+    key_file: str | os.PathLike | None = None,
+    collection: str = COLLECTION,
+    request_side: int = REQUEST_SIDE,
+    max_retries: int = 6,
+    initial_delay: float = 0.5,
+    max_delay: float = 32.0,
+    threads: int = 8,
+) -> xr.Dataset:
     """Open Earth Engine's Landsat annual composites on a slice of the global grid, lazily.
 
     Parameters
@@ -228,12 +269,12 @@ def open_gee(region: Any, years: int | Sequence[int], *, chunks: int = 512, deco
     -------
     >>> ds = open_gee("ZAF", 2020, project="my-project")  # doctest: +SKIP
     """
-    import xee  # noqa: F401  (registers the "ee" engine)
     import ee
+    import xee  # noqa: F401  (registers the "ee" engine)
     from xarray.backends.store import StoreBackendEntrypoint
 
     yrs = check_years(years, FIRST_YEAR, _dt.date.today().year, "gee")
-    gslice = region if isinstance(region, GridSlice) else as_region(region).slice(1)
+    gslice = as_slice(region)
     if 4 * request_side**2 * 5 > REQUEST_BYTE_LIMIT:
         raise SourceError(f"request_side={request_side} exceeds Earth Engine's 48 MB request limit")
     auth = EarthEngineAuth.from_options(project, key_file)
@@ -244,19 +285,27 @@ def open_gee(region: Any, years: int | Sequence[int], *, chunks: int = 512, deco
     start, end = f"{min(yrs)}-01-01", f"{max(yrs) + 1}-01-01"
     images = ee.ImageCollection(collection).filterDate(start, end)
     store = _store_class().open(
-        images, crs=str(gb.crs), crs_transform=(a.a, a.b, a.c, a.d, a.e, a.f),
-        shape_2d=(gb.shape.x, gb.shape.y), primary_dim_name="time",
+        images,
+        crs=str(gb.crs),
+        crs_transform=(a.a, a.b, a.c, a.d, a.e, a.f),
+        shape_2d=(gb.shape.x, gb.shape.y),
+        primary_dim_name="time",
         chunk_store={"index": 1, "width": request_side, "height": request_side},
-        mask_value=MASK_VALUE, ee_init_if_necessary=True, ee_init_kwargs=auth.init_kwargs(),
-        executor_kwargs={"max_workers": threads}, getitem_kwargs={"max_retries": 0})
+        mask_value=MASK_VALUE,
+        ee_init_if_necessary=True,
+        ee_init_kwargs=auth.init_kwargs(),
+        executor_kwargs={"max_workers": threads},
+        getitem_kwargs={"max_retries": 0},
+    )
     store.pixels = RetryingPixels(max_retries, initial_delay, max_delay)
     try:
         raw = StoreBackendEntrypoint().open_dataset(store)
     except SourceError:
         raise
     except Exception as exc:
-        raise SourceError(f"Earth Engine could not describe {collection} for {start}..{end}: "
-                          f"{_short(exc)}") from None
+        raise SourceError(
+            f"Earth Engine could not describe {collection} for {start}..{end}: {_short(exc)}"
+        ) from None
     missing_bands = [b for b in BANDS if b not in raw.data_vars]
     if missing_bands:
         raise SourceError(f"{collection} has no band(s) {missing_bands}; found {list(raw.data_vars)}")
@@ -265,8 +314,10 @@ def open_gee(region: Any, years: int | Sequence[int], *, chunks: int = 512, deco
     absent = [y for y in yrs if y not in have]
     if absent:
         span = f"it has {min(have)}..{max(have)} in that range" if have else "it has none in that range"
-        raise SourceError(f"no Earth Engine composite for year(s) {absent} in {collection} ({span}); "
-                          "pick years the collection covers")
+        raise SourceError(
+            f"no Earth Engine composite for year(s) {absent} in {collection} ({span}); "
+            "pick years the collection covers"
+        )
 
     raw = raw.isel(time=[have[y] for y in yrs])
     # dask blocks start on multiples of `chunks` on the global grid, as every source's do
@@ -274,5 +325,4 @@ def open_gee(region: Any, years: int | Sequence[int], *, chunks: int = 512, deco
     raw = raw.chunk({"time": 1, "y": rows, "x": cols})
     cube = xr.concat([ee_units_to_ours(raw[b], b) for b in BANDS], dim="band")
     dn = cube.transpose("time", "band", "y", "x").data.map_blocks(encode_dn, dtype=np.int16)
-    return landsat_dataset(dn, gslice, yrs, "gee", decode=decode,
-                           attrs={"gee_collection": collection})
+    return landsat_dataset(dn, gslice, yrs, "gee", decode=decode, attrs={"gee_collection": collection})

@@ -21,8 +21,10 @@ import pandas as pd
 import xarray as xr
 
 from ..config import BANDS
-from ..grid import RESOLUTION, GridSlice, as_region
-from ._common import SourceError, check_years, encode_dn, landsat_dataset
+from ..encoding import encode_dn
+from ..errors import SourceError
+from ..grid import RESOLUTION, as_slice
+from .common import check_years, landsat_dataset
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +32,15 @@ COLLECTION = "landsat-c2-l2"
 FIRST_YEAR = 1982
 #: our band name -> the asset key in Landsat C2 L2 STAC items (Planetary Computer, Earth Search,
 #: stactools): the Landsat 8-9 keys; see :data:`MISSION_ASSETS` for the other missions
-ASSETS: dict[str, str] = {"blue": "blue", "green": "green", "red": "red", "nir": "nir08",
-                          "swir1": "swir16", "swir2": "swir22", "thermal": "lwir11"}
+ASSETS: dict[str, str] = {
+    "blue": "blue",
+    "green": "green",
+    "red": "red",
+    "nir": "nir08",
+    "swir1": "swir16",
+    "swir2": "swir22",
+    "thermal": "lwir11",
+}
 #: the asset keys per mission: Landsat 4, 5 and 7 call their one thermal band ``lwir``
 MISSION_ASSETS: dict[str, dict[str, str]] = {
     "landsat-4": {**ASSETS, "thermal": "lwir"},
@@ -81,8 +90,9 @@ def _nanmedian(values: np.ndarray) -> np.ndarray:
 
 def clear_median(values: xr.DataArray, dim: str = "time") -> xr.DataArray:
     """Median over ``dim`` of the non-NaN values; NaN where there is none. One task per block."""
-    return xr.apply_ufunc(_nanmedian, values, input_core_dims=[[dim]], dask="parallelized",
-                          output_dtypes=[values.dtype])
+    return xr.apply_ufunc(
+        _nanmedian, values, input_core_dims=[[dim]], dask="parallelized", output_dtypes=[values.dtype]
+    )
 
 
 def acquired(item) -> pd.Timestamp:
@@ -116,16 +126,21 @@ class StacPreset:
 
 PRESETS: dict[str, StacPreset] = {
     "planetary-computer": StacPreset(
-        "planetary-computer", "https://planetarycomputer.microsoft.com/api/stac/v1", sign=True,
+        "planetary-computer",
+        "https://planetarycomputer.microsoft.com/api/stac/v1",
+        sign=True,
         credentials="none to read: asset URLs are signed with short-lived SAS tokens by the "
-                    "planetary-computer package (pip install miningxr[stac]); set "
-                    "PC_SDK_SUBSCRIPTION_KEY for higher rate limits"),
+        "planetary-computer package (pip install miningxr[stac]); set "
+        "PC_SDK_SUBSCRIPTION_KEY for higher rate limits",
+    ),
     "earth-search": StacPreset(
-        "earth-search", "https://earth-search.aws.element84.com/v1",
+        "earth-search",
+        "https://earth-search.aws.element84.com/v1",
         gdal_env={"AWS_REQUEST_PAYER": "requester"},
         credentials="AWS credentials from the standard chain (AWS_ACCESS_KEY_ID/"
-                    "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an instance role): the Landsat "
-                    "bucket s3://usgs-landsat is requester-pays, so reads are billed to your account"),
+        "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an instance role): the Landsat "
+        "bucket s3://usgs-landsat is requester-pays, so reads are billed to your account",
+    ),
 }
 
 
@@ -134,12 +149,20 @@ def stac_preset(name: str) -> StacPreset:
     try:
         return PRESETS[name]
     except KeyError:
-        raise SourceError(f"unknown STAC preset {name!r}; choose one of {', '.join(PRESETS)} or give "
-                          "catalog= (--stac-catalog) yourself") from None
+        raise SourceError(
+            f"unknown STAC preset {name!r}; choose one of {', '.join(PRESETS)} or give "
+            "catalog= (--stac-catalog) yourself"
+        ) from None
 
 
-def search_items(catalog: str | Path, bbox_lonlat: Sequence[float], years: Sequence[int], *,
-                 collection: str = COLLECTION, query: Mapping | None = None) -> list:
+def search_items(
+    catalog: str | Path,
+    bbox_lonlat: Sequence[float],
+    years: Sequence[int],
+    *,
+    collection: str = COLLECTION,
+    query: Mapping | None = None,
+) -> list:
     """STAC items intersecting a lon/lat bbox in the given years, from an API or a static catalog."""
     import pystac
 
@@ -150,27 +173,36 @@ def search_items(catalog: str | Path, bbox_lonlat: Sequence[float], years: Seque
             import pystac_client
 
             client = pystac_client.Client.open(text)
-            search = client.search(collections=[collection], bbox=list(bbox_lonlat),
-                                   datetime=f"{start}/{end}", query=dict(query or {}) or None)
+            search = client.search(
+                collections=[collection],
+                bbox=list(bbox_lonlat),
+                datetime=f"{start}/{end}",
+                query=dict(query or {}) or None,
+            )
             return list(search.items())
         root = pystac.read_file(text)
     except FileNotFoundError:
-        raise SourceError(f"STAC catalog {catalog} not found; give a STAC API URL or the path of a "
-                          "catalog.json / collection.json") from None
+        raise SourceError(
+            f"STAC catalog {catalog} not found; give a STAC API URL or the path of a "
+            "catalog.json / collection.json"
+        ) from None
     except Exception as exc:
         raise SourceError(f"cannot read STAC catalog {catalog}: {type(exc).__name__}: {exc}") from None
-    if isinstance(root, pystac.Item):
-        candidates = [root]
-    else:
-        candidates = list(root.get_items(recursive=True))
+    candidates = [root] if isinstance(root, pystac.Item) else list(root.get_items(recursive=True))
     lo, hi = pd.Timestamp(start), pd.Timestamp(end)
     x0, y0, x1, y1 = bbox_lonlat
     items = []
     for item in candidates:
         when = acquired(item)
         ib = item.bbox
-        if (lo <= when <= hi and ib is not None and ib[0] <= x1 and ib[2] >= x0 and ib[1] <= y1
-                and ib[3] >= y0):
+        if (
+            lo <= when <= hi
+            and ib is not None
+            and ib[0] <= x1
+            and ib[2] >= x0
+            and ib[1] <= y1
+            and ib[3] >= y0
+        ):
             items.append(item)
     return items
 
@@ -195,8 +227,9 @@ def _absolute_href(item: Any, key: str) -> str:
     return str(asset.get_absolute_href() or asset.href)
 
 
-def prepare_items(items: Sequence, assets: Mapping[str, str] | None = None, *,
-                  sign: Callable[[str], str] | None = None) -> tuple[list[dict], dict[str, int]]:
+def prepare_items(
+    items: Sequence, assets: Mapping[str, str] | None = None, *, sign: Callable[[str], str] | None = None
+) -> tuple[list[dict], dict[str, int]]:
     """Items as dicts whose assets are named by our bands (and ``qa_pixel``), hrefs absolute.
 
     Each item's asset keys are looked up by its own mission (:data:`MISSION_ASSETS`), or taken
@@ -227,9 +260,11 @@ def prepare_items(items: Sequence, assets: Mapping[str, str] | None = None, *,
         missions[m or "unknown"] = missions.get(m or "unknown", 0) + 1
     if lacking:
         ident, missing, found = lacking[0]
-        raise SourceError(f"{len(lacking)} STAC item(s) lack asset(s) we need, e.g. {ident}: {missing} "
-                          f"(it has {found}); map our bands to the catalog's asset keys with assets= "
-                          f"(our bands: {list(BANDS)})")
+        raise SourceError(
+            f"{len(lacking)} STAC item(s) lack asset(s) we need, e.g. {ident}: {missing} "
+            f"(it has {found}); map our bands to the catalog's asset keys with assets= "
+            f"(our bands: {list(BANDS)})"
+        )
     return out, missions
 
 
@@ -239,16 +274,28 @@ def _signer(preset: StacPreset | None) -> Callable[[str], str] | None:
     try:
         import planetary_computer
     except ImportError:
-        raise SourceError(f"the {preset.name} preset signs asset URLs with the planetary-computer "
-                          "package: pip install 'miningxr[stac]'") from None
+        raise SourceError(
+            f"the {preset.name} preset signs asset URLs with the planetary-computer "
+            "package: pip install 'miningxr[stac]'"
+        ) from None
     return planetary_computer.sign_url
 
 
-def open_stac(region: Any, years: int | Sequence[int], *, catalog: str | Path | None = None,
-              preset: str | None = None, chunks: int = 512, decode: bool = True,
-              collection: str | None = None, assets: Mapping[str, str] | None = None,
-              qa_bits: Sequence[int] = QA_MASK_BITS, query: Mapping | None = None,
-              items: Sequence | None = None, gdal_env: Mapping[str, str] | None = None) -> xr.Dataset:
+def open_stac(
+    region: Any,
+    years: int | Sequence[int],
+    *,
+    catalog: str | Path | None = None,
+    preset: str | None = None,
+    chunks: int = 512,
+    decode: bool = True,
+    collection: str | None = None,
+    assets: Mapping[str, str] | None = None,
+    qa_bits: Sequence[int] = QA_MASK_BITS,
+    query: Mapping | None = None,
+    items: Sequence | None = None,
+    gdal_env: Mapping[str, str] | None = None,
+) -> xr.Dataset:
     """Open per-year median composites of Landsat C2 L2 scenes from a STAC catalog, lazily.
 
     Parameters
@@ -285,7 +332,7 @@ def open_stac(region: Any, years: int | Sequence[int], *, catalog: str | Path | 
     import stackstac
 
     yrs = check_years(years, FIRST_YEAR, pd.Timestamp.now().year, "stac")
-    gslice = region if isinstance(region, GridSlice) else as_region(region).slice(1)
+    gslice = as_slice(region)
     pre = stac_preset(preset) if preset else None
     catalog = catalog or (pre.catalog if pre else None)
     collection = collection or (pre.collection if pre else COLLECTION)
@@ -293,19 +340,24 @@ def open_stac(region: Any, years: int | Sequence[int], *, catalog: str | Path | 
     bbox = gslice.geobox.geographic_extent.boundingbox
     if items is None:
         if catalog is None:
-            raise SourceError("source='stac' needs a catalog: a STAC API URL or a static catalog path "
-                              "(catalog= / --stac-catalog), or a preset (preset= / --stac-preset: "
-                              f"{', '.join(PRESETS)})")
-        items = search_items(catalog, (bbox.left, bbox.bottom, bbox.right, bbox.top), yrs,
-                             collection=collection, query=query)
+            raise SourceError(
+                "source='stac' needs a catalog: a STAC API URL or a static catalog path "
+                "(catalog= / --stac-catalog), or a preset (preset= / --stac-preset: "
+                f"{', '.join(PRESETS)})"
+            )
+        items = search_items(
+            catalog, (bbox.left, bbox.bottom, bbox.right, bbox.top), yrs, collection=collection, query=query
+        )
     by_year: dict[int, list] = {}
     for item in items:
         by_year.setdefault(acquired(item).year, []).append(item)
     absent = [y for y in yrs if not by_year.get(y)]
     if absent:
-        raise SourceError(f"no STAC scene over {gslice.describe()} in year(s) {absent} "
-                          f"(catalog {catalog or 'items given'}); pick years with scenes, or check "
-                          "the collection name and the catalog's coverage")
+        raise SourceError(
+            f"no STAC scene over {gslice.describe()} in year(s) {absent} "
+            f"(catalog {catalog or 'items given'}); pick years with scenes, or check "
+            "the collection name and the catalog's coverage"
+        )
     sign = _signer(pre)
     prepared = {y: prepare_items(by_year[y], assets, sign=sign) for y in yrs}
 
@@ -323,10 +375,21 @@ def open_stac(region: Any, years: int | Sequence[int], *, catalog: str | Path | 
         # all scenes of a year in one chunk along time, so the median is one task per block. An
         # asset a scene lacks (thermal of an L2SR scene) is read as NaN for that scene only.
         stack = stackstac.stack(
-            year_items, assets=[*BANDS, QA_ASSET], epsg=int(gb.crs.epsg),
-            resolution=RESOLUTION, bounds=bounds, snap_bounds=False, chunksize=(-1, 1, rows, cols),
-            dtype=np.dtype("float64"), fill_value=np.nan, rescale=False, xy_coords="center",
-            properties=False, band_coords=False, **({"gdal_env": stack_env} if stack_env else {}))
+            year_items,
+            assets=[*BANDS, QA_ASSET],
+            epsg=int(gb.crs.epsg),
+            resolution=RESOLUTION,
+            bounds=bounds,
+            snap_bounds=False,
+            chunksize=(-1, 1, rows, cols),
+            dtype=np.dtype("float64"),
+            fill_value=np.nan,
+            rescale=False,
+            xy_coords="center",
+            properties=False,
+            band_coords=False,
+            **({"gdal_env": stack_env} if stack_env else {}),
+        )
         if stack.sizes["x"] != gb.shape.x or stack.sizes["y"] != gb.shape.y:
             raise SourceError(f"stackstac returned {stack.sizes} for a {gb.shape} slice")
         clear = qa_clear(stack.sel(band=QA_ASSET), qa_bits)
@@ -335,7 +398,15 @@ def open_stac(region: Any, years: int | Sequence[int], *, catalog: str | Path | 
     cube = xr.concat(composites, dim="year", coords="minimal", compat="override")
     dn = cube.transpose("year", "band", "y", "x").data
     dn = dn.rechunk((1, 1, rows, cols)).map_blocks(encode_dn, dtype=np.int16)
-    return landsat_dataset(dn, gslice, yrs, "stac",
-                           attrs={"stac_catalog": str(catalog or "items"), "stac_collection": collection,
-                                  **({"stac_preset": pre.name} if pre else {})},
-                           decode=decode)
+    return landsat_dataset(
+        dn,
+        gslice,
+        yrs,
+        "stac",
+        attrs={
+            "stac_catalog": str(catalog or "items"),
+            "stac_collection": collection,
+            **({"stac_preset": pre.name} if pre else {}),
+        },
+        decode=decode,
+    )

@@ -27,9 +27,9 @@ from dask.base import tokenize
 from shapely.geometry import Polygon
 
 from ..config import BANDS, SyntheticConfig
-from ..grid import _X0, _Y1, CRS_GRID, RESOLUTION, GridSlice, as_region, block_edges
-from ..labels import burn_block
-from ._common import check_years, encode_dn, landsat_dataset
+from ..encoding import encode_dn
+from ..grid import CRS_GRID, GridSlice, as_slice, block_edges, country_table, pixel_affine
+from .common import check_years, landsat_dataset
 
 # Landsat-like spectra: blue green red nir swir1 swir2 reflectance, then thermal as
 # (K - 273.15) / 100. Mines are bright in SWIR with low NDVI; rock outcrops are the confuser.
@@ -85,10 +85,17 @@ def _value_noise(seed: int, field: int, rows: np.ndarray, cols: np.ndarray, cell
 
 
 class _Mine:
-    __slots__ = ("id", "cx", "cy", "radius", "start", "vertices")
+    __slots__ = ("cx", "cy", "id", "radius", "start", "vertices")
 
     def __init__(self, mid: int, cx: float, cy: float, radius: float, start: int, vertices: np.ndarray):
-        self.id, self.cx, self.cy, self.radius, self.start, self.vertices = mid, cx, cy, radius, start, vertices
+        self.id, self.cx, self.cy, self.radius, self.start, self.vertices = (
+            mid,
+            cx,
+            cy,
+            radius,
+            start,
+            vertices,
+        )
 
     def scale(self, year: int) -> float:
         """Mines open in ``start`` and grow to full size over 15 years."""
@@ -103,7 +110,8 @@ class _Mine:
             return None
         col = self.cx + s * self.vertices[:, 0]
         row = self.cy + s * self.vertices[:, 1]
-        return Polygon(np.column_stack([_X0 + col * RESOLUTION, _Y1 - row * RESOLUTION]))
+        x, y = pixel_affine() @ (col, row)
+        return Polygon(np.column_stack([x, y]))
 
 
 @lru_cache(maxsize=4096)
@@ -125,7 +133,7 @@ def _cell_mine(cfg: SyntheticConfig, cr: int, cc: int) -> _Mine | None:
     jitter = (jitter + np.roll(jitter, 1) + np.roll(jitter, -1)) / 3
     rad = radius * (0.75 + 0.5 * jitter)
     aspect, theta = 1 + 0.8 * u[5], np.pi * u[6]
-    x, y = rad * np.cos(ang) * aspect ** 0.5, rad * np.sin(ang) / aspect ** 0.5
+    x, y = rad * np.cos(ang) * aspect**0.5, rad * np.sin(ang) / aspect**0.5
     vx = x * np.cos(theta) - y * np.sin(theta)
     vy = x * np.sin(theta) + y * np.cos(theta)
     mid = int(cr) * 10_000_000 + int(cc)
@@ -161,8 +169,9 @@ def _block(cfg: SyntheticConfig, year: int, row0: int, row1: int, col0: int, col
 
     mines = [(m, p) for m in _mines_in(cfg, row0, row1, col0, col1) if (p := m.polygon(year)) is not None]
     if mines:
-        ids = burn_block(((p, i + 1) for i, (_, p) in enumerate(mines)), row0, col0, (len(rows), len(cols)),
-                         dtype=np.int32)
+        ids = GridSlice(row0, row1, col0, col1).rasterize(
+            ((p, i + 1) for i, (_, p) in enumerate(mines)), dtype=np.int32
+        )
         ri, ci = np.nonzero(ids)
         if len(ri):
             k = ids[ri, ci] - 1
@@ -178,15 +187,29 @@ def _block(cfg: SyntheticConfig, year: int, row0: int, row1: int, col0: int, col
     # per-pixel sensor noise: one 64-bit hash per pixel gives four 16-bit uniforms
     h1 = _hash(s, 8, year, rows[:, None], cols[None, :])
     h2 = _mix(h1 + np.uint64(0x632BE59BD9B4E019))
-    u = np.stack([((h >> np.uint64(16 * i)) & np.uint64(0xFFFF)).astype(np.float32)
-                  for h in (h1, h2) for i in range(4)][:7]) / 65535.0
+    u = (
+        np.stack(
+            [
+                ((h >> np.uint64(16 * i)) & np.uint64(0xFFFF)).astype(np.float32)
+                for h in (h1, h2)
+                for i in range(4)
+            ][:7]
+        )
+        / 65535.0
+    )
     amp = 2 * cfg.noise * np.asarray([1, 1, 1, 1.5, 1.5, 1.5, 1], np.float32)[:, None, None]
     img += amp * (u - np.float32(0.5))
     return encode_dn(img)[None]
 
 
-def open_synthetic(region, years: int | Sequence[int], *, config: SyntheticConfig | None = None,
-                   chunks: int = 512, decode: bool = True) -> xr.Dataset:
+def open_synthetic(
+    region,
+    years: int | Sequence[int],
+    *,
+    config: SyntheticConfig | None = None,
+    chunks: int = 512,
+    decode: bool = True,
+) -> xr.Dataset:
     """Open the synthetic cube for a region (or :class:`~miningxr.grid.GridSlice`) and year(s).
 
     The slice is the region's bounding slice of the global grid (aligned to ``chunks``); the
@@ -194,9 +217,15 @@ def open_synthetic(region, years: int | Sequence[int], *, config: SyntheticConfi
     """
     cfg = config or SyntheticConfig()
     yrs = check_years(years, cfg.first_year, cfg.last_year, "synthetic")
-    gslice = region if isinstance(region, GridSlice) else as_region(region).slice(1)
-    return landsat_dataset(synthetic_dn(gslice, yrs, cfg, chunks), gslice, yrs, "synthetic",
-                           decode=decode, attrs={"synthetic_seed": cfg.seed})
+    gslice = as_slice(region)
+    return landsat_dataset(
+        synthetic_dn(gslice, yrs, cfg, chunks),
+        gslice,
+        yrs,
+        "synthetic",
+        decode=decode,
+        attrs={"synthetic_seed": cfg.seed},
+    )
 
 
 def synthetic_dn(gslice: GridSlice, years: Sequence[int], cfg: SyntheticConfig, chunks: int) -> da.Array:
@@ -222,18 +251,18 @@ def mine_polygons(region, year: int, *, config: SyntheticConfig | None = None):
     """
     import geopandas as gpd
 
-    from ..grid import country_table
-
     cfg = config or SyntheticConfig()
     check_years(year, cfg.first_year, cfg.last_year, "synthetic")
-    gslice = region if isinstance(region, GridSlice) else as_region(region).slice(1)
+    gslice = as_slice(region)
     footprint = gslice.geobox.extent.geom
     recs = []
     for m in _mines_in(cfg, gslice.row0, gslice.row1, gslice.col0, gslice.col1):
         poly = m.polygon(year)
         if poly is not None and poly.intersects(footprint):
             recs.append({"MINE_ID": m.id, "AREA": poly.area / 1e6, "geometry": poly})
-    gdf = gpd.GeoDataFrame(recs, columns=["MINE_ID", "AREA", "geometry"], geometry="geometry", crs=CRS_GRID.to_wkt())
+    gdf = gpd.GeoDataFrame(
+        recs, columns=["MINE_ID", "AREA", "geometry"], geometry="geometry", crs=CRS_GRID.to_wkt()
+    )
     gdf = gdf.to_crs("EPSG:4326")
     countries = country_table()[["ISO3_CODE", "COUNTRY_NAME", "geometry"]]
     pts = gdf.copy()
@@ -243,4 +272,3 @@ def mine_polygons(region, year: int, *, config: SyntheticConfig | None = None):
     gdf["ISO3_CODE"] = joined["ISO3_CODE"].fillna("").values
     gdf["COUNTRY_NAME"] = joined["COUNTRY_NAME"].fillna("").values
     return gdf[["ISO3_CODE", "COUNTRY_NAME", "AREA", "MINE_ID", "geometry"]]
-

@@ -13,8 +13,9 @@ log = logging.getLogger("miningxr")
 
 
 @contextlib.contextmanager
-def dask_client(scheduler: str | None = None, *, processes: bool = False,
-                dashboard: str = ":8787") -> Iterator[distributed.Client]:
+def dask_client(
+    scheduler: str | None = None, *, processes: bool = False, dashboard: str = ":8787"
+) -> Iterator[distributed.Client]:
     """Yield a client: the current one, one for ``scheduler`` (an address), or a new LocalCluster.
 
     A LocalCluster is closed on exit; a client that existed before is left alone. The dashboard
@@ -36,14 +37,20 @@ def dask_client(scheduler: str | None = None, *, processes: bool = False,
         return
     processes = processes or scheduler == "processes"
     ncores = os.cpu_count() or 1
+
+    def local(dashboard_address: str) -> distributed.LocalCluster:
+        return distributed.LocalCluster(
+            n_workers=ncores if processes else 1,
+            threads_per_worker=1 if processes else ncores,
+            processes=processes,
+            dashboard_address=dashboard_address,
+            silence_logs=logging.ERROR,
+        )
+
     try:
-        cluster = distributed.LocalCluster(
-            n_workers=ncores if processes else 1, threads_per_worker=1 if processes else ncores,
-            processes=processes, dashboard_address=dashboard, silence_logs=logging.ERROR)
+        cluster = local(dashboard)
     except OSError:  # dashboard port taken: let the OS choose
-        cluster = distributed.LocalCluster(
-            n_workers=ncores if processes else 1, threads_per_worker=1 if processes else ncores,
-            processes=processes, dashboard_address=":0", silence_logs=logging.ERROR)
+        cluster = local(":0")
     client = distributed.Client(cluster)
     log.info("Dask LocalCluster with %d thread(s); dashboard %s", ncores, client.dashboard_link)
     try:

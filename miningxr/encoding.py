@@ -1,0 +1,97 @@
+"""How values are stored and shown: the int16 packing of the imagery, CF attributes, normalization.
+
+Every band of the ``landsat`` variable shares one CF packing: ``value = DN * scale_factor +
+add_offset``, with ``_FillValue`` for no data. Reflectance bands are surface reflectance;
+``thermal`` is brightness temperature as (T[K] - 273.15) / 100, so that one int16 scale serves
+all seven bands (see docs/store.md). Sources, the store, the loader and prediction all use these
+functions, so each sees identical numbers.
+
+Example
+-------
+>>> import numpy as np
+>>> dn = encode_dn(np.array([0.1234, np.nan, 0.5]))
+>>> dn
+array([  1234, -32768,   5000], dtype=int16)
+>>> decode_dn(dn)
+array([0.1234,    nan, 0.5   ], dtype=float32)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+SCALE_FACTOR: float = 1e-4
+ADD_OFFSET: float = 0.0
+FILL_VALUE: int = -32768
+
+#: CF attributes every variable on the grid carries: its CRS is the ``spatial_ref`` coordinate
+GRID_MAPPING_ATTRS: dict[str, Any] = {"coordinates": "spatial_ref", "grid_mapping": "spatial_ref"}
+
+#: CF attributes of the mining mask (stored, rasterized or exported)
+MASK_ATTRS: dict[str, Any] = {
+    "long_name": "mining polygons rasterized",
+    "flag_values": [0, 1],
+    "flag_meanings": "other mining",
+}
+
+
+def packing_attrs() -> dict[str, Any]:
+    """The CF packing of ``landsat``: ``scale_factor``, ``add_offset`` and ``_FillValue``."""
+    return {"scale_factor": SCALE_FACTOR, "add_offset": ADD_OFFSET, "_FillValue": FILL_VALUE}
+
+
+def landsat_attrs() -> dict[str, Any]:
+    """Every attribute of the packed ``landsat`` variable: CF packing, name and units."""
+    return {
+        **packing_attrs(),
+        "long_name": "Landsat C2 L2 annual composite",
+        "units": "1 (reflectance); thermal: (K - 273.15) / 100",
+    }
+
+
+def encode_dn(values: np.ndarray) -> np.ndarray:
+    """Pack decoded float values (NaN = no data) into the store's int16 numbers.
+
+    Values beyond the int16 range are clipped to it (the fill value stays reserved for no data).
+    """
+    values = np.asarray(values)
+    if values.dtype != np.float64:
+        values = values.astype(np.float32, copy=False)
+    dn = np.rint((values - ADD_OFFSET) * (1 / SCALE_FACTOR))
+    bad = ~np.isfinite(dn)
+    np.clip(dn, FILL_VALUE + 1, np.iinfo(np.int16).max, out=dn, where=~bad)
+    return dn.astype(np.int16) if not bad.any() else np.where(bad, FILL_VALUE, dn).astype(np.int16)
+
+
+def decode_dn(dn: np.ndarray) -> np.ndarray:
+    """The float32 values of packed int16 numbers; the fill value becomes NaN."""
+    dn = np.asarray(dn)
+    out = dn.astype(np.float32) * np.float32(SCALE_FACTOR) + np.float32(ADD_OFFSET)
+    out[dn == FILL_VALUE] = np.nan
+    return out
+
+
+def normalize(dn: np.ndarray, mean: Sequence[float], std: Sequence[float], band_axis: int = -1) -> np.ndarray:
+    """Packed int16 (or decoded float) values -> standardized float32; no data becomes 0.
+
+    The same function serves training and prediction, so both see identical inputs.
+
+    >>> normalize(np.array([[1500, FILL_VALUE]], np.int16), [0.1], [0.05], band_axis=0)
+    array([[1., 0.]], dtype=float32)
+    """
+    shape = [1] * dn.ndim
+    shape[band_axis] = -1
+    m = np.asarray(mean, np.float32).reshape(shape)
+    s = np.asarray(std, np.float32).reshape(shape)
+    if np.issubdtype(dn.dtype, np.integer):
+        valid = dn != FILL_VALUE
+        x = dn.astype(np.float32) * np.float32(SCALE_FACTOR) + np.float32(ADD_OFFSET)
+    else:
+        x = dn.astype(np.float32, copy=False)
+        valid = np.isfinite(x)
+    out = (x - m) / s
+    out[~valid] = 0.0
+    return out

@@ -1,0 +1,155 @@
+"""Whole chunks of a store's shard files, decoded straight into the caller's arrays.
+
+zarr writes every store and reads everything else; this module reads the one hot path, the
+loader's chunk reads, without zarr's per-call machinery (see :class:`ShardReader`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, ZstdCodec
+
+from .errors import StoreError
+
+#: a shard index entry (offset, length) of a chunk never written
+_NO_CHUNK = 2**64 - 1
+
+
+class ShardReader:
+    """Whole chunks of one sharded array of a local store, decoded straight into the caller's arrays.
+
+    zarr-python reads a chunk through its asyncio codec pipeline: fresh bytes from the file, a
+    fresh decoded array, then a copy into ``out``. The loader decodes every chunk of a split
+    once an epoch, and there that path measured 2.3x the CPU of the file read and the decode
+    alone, and held the streaming pipeline to 0.6 of the same pipeline from memory. This reads
+    the layout :func:`create_store` writes, the sharding codec of the Zarr v3 spec with the
+    index at the end of each shard (crc32c-checked) and chunks of little-endian bytes through
+    one blosc or zstd compressor: one unbuffered ``readinto`` per chunk into a reused buffer
+    and one decode into the caller's array. zarr stays the writer and the reader of everything else;
+    :meth:`for_array` returns None for an array in any other layout, to be read through zarr.
+
+    Example
+    -------
+    >>> arr = zarr.open_array("s.zarr", path="mining", mode="r")  # doctest: +SKIP
+    >>> out = np.empty(arr.chunks, arr.dtype)  # doctest: +SKIP
+    >>> ShardReader.for_array(arr).read([(684, 1311)], [out])  # doctest: +SKIP
+    """
+
+    def __init__(self, root: Path, array: zarr.Array, decode):
+        sharding = array.metadata.codecs[0]
+        self._dir = root / array.path if array.path else root
+        self._key = array.metadata.encode_chunk_key
+        self._decode = decode
+        self.chunk_shape = tuple(sharding.chunk_shape)
+        self.dtype = array.dtype
+        self.fill_value = array.fill_value
+        self._per_shard = tuple(s // c for s, c in zip(array.shards, self.chunk_shape, strict=True))
+        self._index_bytes = 16 * int(np.prod(self._per_shard)) + 4  # (offset, length) uint64 + crc32c
+        self._local = threading.local()  # each thread's reused buffer of compressed bytes
+
+    @classmethod
+    def for_array(cls, array: zarr.Array) -> ShardReader | None:
+        """A reader of ``array`` when it is laid out as :func:`create_store` writes; else None."""
+        import numcodecs
+        from numcodecs import blosc
+        from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
+        from zarr.storage import LocalStore
+
+        codecs = array.metadata.codecs
+        if not (
+            isinstance(array.store, LocalStore) and len(codecs) == 1 and isinstance(codecs[0], ShardingCodec)
+        ):
+            return None
+        sharding = codecs[0]
+        inner, index = sharding.codecs, sharding.index_codecs
+        little = np.dtype(array.dtype).itemsize == 1 or np.little_endian
+        if not (
+            sharding.index_location.value == "end"
+            and len(index) == 2
+            and isinstance(index[0], BytesCodec)
+            and index[0].endian.value == "little"
+            and isinstance(index[1], Crc32cCodec)
+            and len(inner) == 2
+            and isinstance(inner[0], BytesCodec)
+            and little
+            and (inner[0].endian is None or inner[0].endian.value == "little")
+        ):
+            return None
+        if isinstance(inner[1], BloscCodec):
+            decode = blosc.decompress  # the blosc frame says its own typesize, shuffle and codec
+        elif isinstance(inner[1], ZstdCodec):
+            decode = numcodecs.Zstd().decode
+        else:
+            return None
+        return cls(Path(array.store.root), array, decode)
+
+    def read(self, chunk_coords: Sequence[tuple[int, ...]], outs: Sequence[np.ndarray]) -> None:
+        """Decode the chunks at ``chunk_coords`` (chunk-grid coordinates) into ``outs``.
+
+        Each out is a C-contiguous array of the chunk's shape and the array's dtype (a chunk at
+        the array's edge is stored whole, padded). Chunks never written become the fill value.
+        """
+        shards: dict[tuple[int, ...], list] = {}
+        for coords, out in zip(chunk_coords, outs, strict=True):
+            shard = tuple(c // k for c, k in zip(coords, self._per_shard, strict=True))
+            shards.setdefault(shard, []).append(
+                (tuple(c % k for c, k in zip(coords, self._per_shard, strict=True)), out)
+            )
+        for shard, wanted in shards.items():
+            self._read_shard(self._dir / self._key(shard), wanted)
+
+    def _read_shard(self, path: Path, wanted: list) -> None:
+        try:
+            f = open(path, "rb", buffering=0)  # noqa: SIM115  (closed by the `with f` below)
+        except FileNotFoundError:  # a shard never ingested
+            for _, out in wanted:
+                out[...] = self.fill_value
+            return
+        with f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(size - self._index_bytes, 0))
+            tail = f.read(self._index_bytes)
+            if len(tail) != self._index_bytes or _crc32c(tail[:-4]) != tail[-4:]:
+                raise StoreError(
+                    f"shard {path} is damaged (its chunk index fails its checksum); "
+                    "delete it and re-run the ingest that wrote it"
+                )
+            index = np.frombuffer(tail, "<u8", count=(self._index_bytes - 4) // 8).reshape(
+                *self._per_shard, 2
+            )
+            for within, out in wanted:
+                offset, length = (int(v) for v in index[within])
+                if offset == _NO_CHUNK:
+                    out[...] = self.fill_value
+                    continue
+                data = self._buffer(length)
+                f.seek(offset)
+                if f.readinto(data) != length:
+                    raise StoreError(
+                        f"shard {path} is truncated; delete it and re-run the ingest that wrote it"
+                    )
+                try:
+                    self._decode(data, out)
+                except (RuntimeError, ValueError) as e:
+                    raise StoreError(
+                        f"chunk {within} of shard {path} cannot be decoded ({e}); delete "
+                        "the shard and re-run the ingest that wrote it"
+                    ) from e
+
+    def _buffer(self, n: int) -> memoryview:
+        buf = getattr(self._local, "buf", None)
+        if buf is None or len(buf) < n:
+            buf = self._local.buf = bytearray(max(n, 2 * len(buf or b"")))
+        return memoryview(buf)[:n]
+
+
+def _crc32c(data: bytes) -> bytes:
+    import google_crc32c  # zarr's own dependency for the crc32c codec
+
+    return np.uint32(google_crc32c.value(data)).tobytes()

@@ -16,11 +16,6 @@
 # read. Swap in `source="gee"` or `source="stac"` (see `03_real_sources.py`) for real imagery.
 
 # %%
-import os
-
-import matplotlib
-
-matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
 import matplotlib.pyplot as plt
 
 import miningxr

@@ -20,9 +20,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
 import distributed
 
 import miningxr

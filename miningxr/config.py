@@ -20,7 +20,6 @@ miningxr.errors.ConfigError: [train] loss must be one of 'bce', 'dice', 'focal',
 from __future__ import annotations
 
 import dataclasses
-import functools
 import tomllib
 import types
 import typing
@@ -69,7 +68,6 @@ def _check_types(section: Any) -> None:
             raise ConfigError(f"[{section.section}] {f.name} {msg}, got {value!r}")
 
 
-@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -301,7 +299,7 @@ class Config:
             for s in ("tiles", "train"):
                 data.setdefault(s, {})["tile_size"] = given[0]
         sections = {
-            f.name: _build(f.default_factory, dict(data.get(f.name, {})), f.name)  # type: ignore[misc]
+            f.name: _build(f.default_factory, dict(data.get(f.name, {})), f.name)
             for f in dataclasses.fields(cls)
         }
         return cls(**sections)

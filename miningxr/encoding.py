@@ -79,7 +79,7 @@ def normalize(dn: np.ndarray, mean: Sequence[float], std: Sequence[float], band_
 
     The same function serves training and prediction, so both see identical inputs.
 
-    >>> normalize(np.array([[1500, FILL_VALUE]], np.int16), [0.1], [0.05], band_axis=0)
+    >>> normalize(np.array([[1500, FILL_VALUE]], np.int16), [0.1], [0.05], band_axis=0).round(4)
     array([[1., 0.]], dtype=float32)
     """
     shape = [1] * dn.ndim

@@ -16,6 +16,7 @@ Example
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -187,10 +188,10 @@ def _auc(hpos: np.ndarray, hneg: np.ndarray) -> float:
 # --------------------------------------------------------------------------- plots
 
 
-def false_colour(landsat: xr.DataArray, bands=("swir2", "nir", "red")) -> np.ndarray:
+def false_colour(landsat: xr.DataArray, bands: Sequence[str] = ("swir2", "nir", "red")) -> np.ndarray:
     """An RGB image (float 0..1) of three bands with a 2-98 % stretch; mines show bright in SWIR."""
     rgb = np.stack([np.asarray(landsat.sel(band=b).values, np.float32) for b in bands], -1)
-    lo, hi = np.nanpercentile(rgb, 2), np.nanpercentile(rgb, 98)
+    lo, hi = float(np.nanpercentile(rgb, 2)), float(np.nanpercentile(rgb, 98))
     return np.clip((np.nan_to_num(rgb, nan=lo) - lo) / max(hi - lo, 1e-6), 0, 1)
 
 

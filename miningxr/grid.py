@@ -26,6 +26,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 import xarray as xr
 from affine import Affine
 from odc.geo import CRS
@@ -61,6 +62,19 @@ def pixel_affine(row0: int = 0, col0: int = 0) -> Affine:
     True
     """
     return Affine(RESOLUTION, 0, _X0 + col0 * RESOLUTION, 0, -RESOLUTION, _Y1 - row0 * RESOLUTION)
+
+
+def pixel_corner(row: npt.ArrayLike, col: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Grid CRS ``x, y`` (metres) of the top-left corner of global pixel(s) ``(row, col)``.
+
+    Takes numbers or arrays, fractional pixels too: ``pixel_corner(r + 0.5, c + 0.5)`` is a
+    pixel's centre.
+
+    >>> x, y = pixel_corner([0, 1], [0, 2])
+    >>> (x - GLOBAL_GEOBOX.affine.c).tolist(), (GLOBAL_GEOBOX.affine.f - y).tolist()
+    ([0.0, 60.0], [0.0, 30.0])
+    """
+    return _X0 + np.asarray(col, np.float64) * RESOLUTION, _Y1 - np.asarray(row, np.float64) * RESOLUTION
 
 
 # rasterio silences its own NotGeoreferencedWarning for the in-memory raster it burns into with
@@ -284,9 +298,10 @@ class Region:
             geoms = [geoms]
         parts = [g if isinstance(g, Geometry) else Geometry(g, crs) for g in geoms if g is not None]
         parts = [g.to_crs(CRS_GRID) for g in parts if not g.is_empty]
-        if not parts:
+        union = unary_union(parts) if parts else None
+        if union is None:
             raise RegionError("no non-empty geometry given for the region")
-        return cls(name, unary_union(parts))
+        return cls(name, union)
 
     def slice(self, shard: int = 1) -> GridSlice:
         """The smallest shard-aligned slice of the global grid that covers the region."""

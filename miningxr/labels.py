@@ -30,7 +30,7 @@ from shapely.geometry import MultiPolygon, Polygon
 from .catalog import NO_YEAR, Catalog
 from .encoding import MASK_ATTRS
 from .errors import LabelError
-from .grid import CRS_GRID, GridSlice, as_slice, country_table, pixel_affine
+from .grid import CRS_GRID, GridSlice, as_slice, country_table, pixel_corner
 from .shards import IngestReport, run_shards, shard_writer
 from .store import open_store, store_layout
 
@@ -301,11 +301,10 @@ def rasterize_blocks(
     redges = np.concatenate([[0], np.cumsum(row_chunks)]) + gslice.row0
     cedges = np.concatenate([[0], np.cumsum(col_chunks)]) + gslice.col0
     parts = np.empty((len(row_chunks), len(col_chunks)), dtype=object)
-    to_xy = pixel_affine()
     for i in range(len(row_chunks)):
         for j in range(len(col_chunks)):
-            x0, y1 = to_xy @ (cedges[j], redges[i])
-            x1, y0 = to_xy @ (cedges[j + 1], redges[i + 1])
+            x0, y1 = pixel_corner(redges[i], cedges[j])
+            x1, y0 = pixel_corner(redges[i + 1], cedges[j + 1])
             hit = tree.query(shapely.box(x0, y0, x1, y1), predicate="intersects")
             hit.sort()
             parts[i, j] = (list(geoms[hit]), list(vals[hit]))

@@ -106,13 +106,14 @@ class ChunkReader:
         self.chunk = layout.chunk
         self.year_index = year - layout.first_year
         self.band_index = [BANDS.index(b) for b in bands]
-        self._arrays = None
+        self._arrays: tuple[zarr.Array, zarr.Array, ShardReader | None, ShardReader | None] | None = None
         self._local = threading.local()  # per-thread scratch of read(scratch=True)
 
-    def _open(self):
+    def _open(self) -> tuple[zarr.Array, zarr.Array, ShardReader | None, ShardReader | None]:
         if self._arrays is None:
             root = zarr.open_group(self.store, mode="r", zarr_format=3)
             landsat, mining = root["landsat"], root["mining"]
+            assert isinstance(landsat, zarr.Array) and isinstance(mining, zarr.Array)
             self._arrays = (landsat, mining, ShardReader.for_array(landsat), ShardReader.for_array(mining))
         return self._arrays
 
@@ -467,9 +468,9 @@ def prepare_batch(
     """
     tf = import_tensorflow()
 
-    std = np.asarray(std, np.float64)
-    a = tf.constant(SCALE_FACTOR / std, tf.float32)  # (dn * scale + offset - mean) / std == dn * a + b
-    b = tf.constant((ADD_OFFSET - np.asarray(mean, np.float64)) / std, tf.float32)
+    s = np.asarray(std, np.float64)
+    a = tf.constant(SCALE_FACTOR / s, tf.float32)  # (dn * scale + offset - mean) / std == dn * a + b
+    b = tf.constant((ADD_OFFSET - np.asarray(mean, np.float64)) / s, tf.float32)
     n = tf.shape(dn)[0]
     if augment:
         k = tf.random.uniform((), 0, 8, dtype=tf.int32)

@@ -206,13 +206,14 @@ def predict(
     if arr.chunks is None:
         arr = arr.chunk({"y": 512, "x": 512})
     arr = arr.chunk({"band": -1})
-    in_chunks = {"y": arr.chunks[0], "x": arr.chunks[1]}
-    aligned = overlap == 0 and all(c % t == 0 for c in (*arr.chunks[0][:-1], *arr.chunks[1][:-1]))
+    in_rows, in_cols = arr.data.chunks[0], arr.data.chunks[1]
+    in_chunks = {"y": in_rows, "x": in_cols}
+    aligned = overlap == 0 and all(c % t == 0 for c in (*in_rows[:-1], *in_cols[:-1]))
     halo = 0 if aligned else t
     if halo:
         # dask's overlap needs every chunk at least as deep as the halo: fold small edge chunks
-        arr = arr.chunk({"y": _min_chunks(arr.chunks[0], halo), "x": _min_chunks(arr.chunks[1], halo)})
-    row_chunks, col_chunks = arr.chunks[0], arr.chunks[1]
+        arr = arr.chunk({"y": _min_chunks(in_rows, halo), "x": _min_chunks(in_cols, halo)})
+    row_chunks, col_chunks = arr.data.chunks[0], arr.data.chunks[1]
     model_ref = str(Path(model).resolve()) if isinstance(model, (str, os.PathLike)) else m
     mean, std = [float(v) for v in spec.mean], [float(v) for v in spec.std]  # plain lists pickle
 

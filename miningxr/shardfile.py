@@ -8,14 +8,23 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+import google_crc32c  # zarr's own dependency for the crc32c codec
+import numcodecs
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, ZstdCodec
+from numcodecs import blosc
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
+from zarr.core.metadata import ArrayV3Metadata
+from zarr.storage import LocalStore
 
 from .errors import StoreError
+
+#: decodes compressed chunk bytes into the given array
+Decode = Callable[[Any, np.ndarray], Any]
 
 #: a shard index entry (offset, length) of a chunk never written
 _NO_CHUNK = 2**64 - 1
@@ -41,30 +50,25 @@ class ShardReader:
     >>> ShardReader.for_array(arr).read([(684, 1311)], [out])  # doctest: +SKIP
     """
 
-    def __init__(self, root: Path, array: zarr.Array, decode):
-        sharding = array.metadata.codecs[0]
+    def __init__(self, root: Path, array: zarr.Array, sharding: ShardingCodec, decode: Decode):
         self._dir = root / array.path if array.path else root
         self._key = array.metadata.encode_chunk_key
         self._decode = decode
         self.chunk_shape = tuple(sharding.chunk_shape)
         self.dtype = array.dtype
         self.fill_value = array.fill_value
-        self._per_shard = tuple(s // c for s, c in zip(array.shards, self.chunk_shape, strict=True))
+        shards = array.shards or array.shape
+        self._per_shard = tuple(s // c for s, c in zip(shards, self.chunk_shape, strict=True))
         self._index_bytes = 16 * int(np.prod(self._per_shard)) + 4  # (offset, length) uint64 + crc32c
         self._local = threading.local()  # each thread's reused buffer of compressed bytes
 
     @classmethod
     def for_array(cls, array: zarr.Array) -> ShardReader | None:
         """A reader of ``array`` when it is laid out as :func:`create_store` writes; else None."""
-        import numcodecs
-        from numcodecs import blosc
-        from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
-        from zarr.storage import LocalStore
-
+        if not isinstance(array.metadata, ArrayV3Metadata) or not isinstance(array.store, LocalStore):
+            return None
         codecs = array.metadata.codecs
-        if not (
-            isinstance(array.store, LocalStore) and len(codecs) == 1 and isinstance(codecs[0], ShardingCodec)
-        ):
+        if not (len(codecs) == 1 and isinstance(codecs[0], ShardingCodec)):
             return None
         sharding = codecs[0]
         inner, index = sharding.codecs, sharding.index_codecs
@@ -73,7 +77,7 @@ class ShardReader:
             sharding.index_location.value == "end"
             and len(index) == 2
             and isinstance(index[0], BytesCodec)
-            and index[0].endian.value == "little"
+            and getattr(index[0].endian, "value", None) == "little"
             and isinstance(index[1], Crc32cCodec)
             and len(inner) == 2
             and isinstance(inner[0], BytesCodec)
@@ -81,13 +85,14 @@ class ShardReader:
             and (inner[0].endian is None or inner[0].endian.value == "little")
         ):
             return None
+        decode: Decode
         if isinstance(inner[1], BloscCodec):
             decode = blosc.decompress  # the blosc frame says its own typesize, shuffle and codec
         elif isinstance(inner[1], ZstdCodec):
             decode = numcodecs.Zstd().decode
         else:
             return None
-        return cls(Path(array.store.root), array, decode)
+        return cls(Path(array.store.root), array, sharding, decode)
 
     def read(self, chunk_coords: Sequence[tuple[int, ...]], outs: Sequence[np.ndarray]) -> None:
         """Decode the chunks at ``chunk_coords`` (chunk-grid coordinates) into ``outs``.
@@ -150,6 +155,4 @@ class ShardReader:
 
 
 def _crc32c(data: bytes) -> bytes:
-    import google_crc32c  # zarr's own dependency for the crc32c codec
-
     return np.uint32(google_crc32c.value(data)).tobytes()

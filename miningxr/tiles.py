@@ -33,7 +33,7 @@ import zarr
 
 from .config import BANDS, TileConfig
 from .errors import TileError, YearError
-from .grid import CRS_GRID, RESOLUTION, GridSlice, pixel_affine
+from .grid import CRS_GRID, RESOLUTION, GridSlice, pixel_corner
 from .store import open_store
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ def tile_index(
         np.asarray(nvalid).ravel(),
         list(img.band.values),
     )
-    x0, y1 = pixel_affine() @ (df.col0.to_numpy(), df.row0.to_numpy())
+    x0, y1 = pixel_corner(df.row0.to_numpy(), df.col0.to_numpy())
     gdf = gpd.GeoDataFrame(
         df, geometry=shapely.box(x0, y1 - t * RESOLUTION, x0 + t * RESOLUTION, y1), crs=CRS_GRID.to_wkt()
     )
@@ -142,7 +142,7 @@ def _split(df: pd.DataFrame, cfg: TileConfig) -> np.ndarray:
     """Whole blocks of tiles per split, stratified by mining, with a guard band between splits."""
     b = cfg.block_tiles
     block = list(zip(df.tile_row // b, df.tile_col // b, strict=True))
-    df = df.assign(block=block)
+    df = df.assign(block=pd.Series(block, index=df.index))
     per_block = df.groupby("block").agg(mine=("mining_fraction", "mean"), pos=("positive", "sum"))
     # deterministic shuffle, then sort by mining so every split gets mines and background
     rng = np.random.default_rng(cfg.seed)

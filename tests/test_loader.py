@@ -44,10 +44,20 @@ def test_tiles_are_normalized_store_pixels(store):
     np.testing.assert_allclose(x.numpy()[0], want, atol=1e-5)
 
 
-def test_reads_can_run_on_a_dask_cluster(store, client):
-    ds = training_dataset(store, split="val", config=TrainConfig(batch_size=8), client=client)
-    x, _y = next(iter(ds))
-    assert x.shape == (8, 64, 64, 7)
+def test_reads_run_on_the_dask_cluster_and_serve_the_same_tiles(store, client):
+    import distributed
+
+    cfg = TrainConfig(batch_size=8)
+    local = training_dataset(store, split="val", config=cfg, shuffle=False, augment=False)
+    with distributed.get_task_stream(client) as tasks:
+        remote = training_dataset(store, split="val", config=cfg, client=client, shuffle=False, augment=False)
+        x, y = next(iter(remote))
+    # the reads ran as tasks on the cluster's workers (a loader that ignored `client` runs none)
+    reads = [t for t in tasks.data if "ChunkReader" in str(t["key"]) or "__call__" in str(t["key"])]
+    assert reads, [t["key"] for t in tasks.data][:5]
+    x_local, y_local = next(iter(local))
+    np.testing.assert_array_equal(x.numpy(), x_local.numpy())
+    np.testing.assert_array_equal(y.numpy(), y_local.numpy())
 
 
 def test_a_shuffled_repeating_dataset_keeps_reading_across_epochs_on_a_cluster(store, client):
@@ -115,10 +125,13 @@ def test_unknown_split_is_named(store):
         training_dataset(store, split="holdout")
 
 
-def test_normalize_turns_no_data_into_zero():
-    dn = np.array([[[-32768, 1000]]], dtype=np.int16).reshape(1, 2, 1)
+def test_normalize_turns_no_data_into_zero_and_standardizes_the_rest():
+    # a valid value far from the mean, so that "everything becomes 0" cannot pass
+    dn = np.array([[[-32768, 2000]]], dtype=np.int16).reshape(1, 2, 1)
     out = normalize(dn, [0.1], [0.05], band_axis=-1)
-    assert out[0, 0, 0] == 0 and out[0, 1, 0] == pytest.approx(0.0, abs=1e-5)
+    assert out[0, 0, 0] == 0 and out[0, 1, 0] == pytest.approx((0.2 - 0.1) / 0.05, abs=1e-5)
+    decoded = normalize(np.array([[np.nan, 0.2]], np.float32), [0.1], [0.05])
+    np.testing.assert_allclose(decoded, [[0.0, 2.0]], atol=1e-5)
 
 
 def test_the_eight_augmentation_draws_are_the_eight_flips_and_rotations():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import numpy as np
 import pytest
@@ -182,8 +183,26 @@ def service_account_key(tmp_path):
     return path, pem
 
 
+@pytest.fixture
+def short_google_retries(monkeypatch):
+    """The Google API client retries the unreachable discovery request with real back-off (15-35 s
+    of sleeping): the same retries, with its sleeps cut to a millisecond. Returns the delays asked."""
+    import types
+
+    import googleapiclient.http
+
+    asked: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        asked.append(seconds)
+        time.sleep(min(seconds, 0.001))
+
+    monkeypatch.setattr(googleapiclient.http, "time", types.SimpleNamespace(**{**vars(time), "sleep": sleep}))
+    return asked
+
+
 def test_gee_without_network_says_so_and_never_logs_the_key(
-    no_credentials, shard_slice, service_account_key, caplog, capsys
+    no_credentials, shard_slice, service_account_key, caplog, capsys, short_google_retries
 ):
     path, pem = service_account_key
     caplog.set_level(logging.DEBUG)
@@ -193,6 +212,7 @@ def test_gee_without_network_says_so_and_never_logs_the_key(
     secret = pem.splitlines()[1]
     for text in (str(info.value), caplog.text, out.out, out.err):
         assert secret not in text and "PRIVATE KEY" not in text and "abc123secretkeyid" not in text
+    assert short_google_retries, "the client gave up without retrying: the delays were not injected"
 
 
 def test_cli_ingest_from_earth_engine_then_status(tmp_path, client, capsys, small_layout_config):

@@ -37,9 +37,27 @@ def test_training_negatives_are_sampled_to_the_ratio(store):
 
 
 def test_statistics_come_from_the_training_tiles(store):
-    stats = load_tile_index(store).attrs["stats"]
-    assert stats["bands"][0] == "blue" and len(stats["mean"]) == 7
-    assert all(s > 0 for s in stats["std"])
+    from miningxr import open_store
+
+    index = load_tile_index(store)
+    stats = index.attrs["stats"]
+    assert stats["bands"] == ["blue", "green", "red", "nir", "swir1", "swir2", "thermal"]
+    img = open_store(store).landsat.sel(year=index.attrs["year"]).transpose("y", "x", "band").values
+    row0, col0 = index.row0.min(), index.col0.min()
+
+    def pixels(tiles):
+        parts = [
+            img[r - row0 : r - row0 + 64, c - col0 : c - col0 + 64].reshape(-1, 7)
+            for r, c in zip(tiles.row0, tiles.col0, strict=True)
+        ]
+        return np.concatenate(parts)
+
+    train = pixels(index[(index.split == "train") & index.selected])
+    np.testing.assert_allclose(stats["mean"], np.nanmean(train, 0), rtol=1e-4)
+    np.testing.assert_allclose(stats["std"], np.nanstd(train, 0), rtol=1e-3)
+    # and not from the whole store (negatives are sampled, other splits left out): they differ
+    everything = pixels(index)
+    assert not np.allclose(stats["mean"], np.nanmean(everything, 0), rtol=1e-4)
 
 
 def test_a_store_without_imagery_is_a_clear_error(tmp_path):

@@ -77,7 +77,7 @@ def open_landsat(
     -------
     >>> import miningxr
     >>> ds = miningxr.open_landsat((29.0, -26.0, 29.05, -25.95), 2020)
-    >>> list(ds.band.values)
+    >>> ds.band.values.tolist()
     ['blue', 'green', 'red', 'nir', 'swir1', 'swir2', 'thermal']
     """
     gslice = as_slice(region)

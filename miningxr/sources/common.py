@@ -42,8 +42,11 @@ def landsat_dataset(
     decoded by xarray's CF machinery from the same packed numbers the store holds, so a source
     and a store read back compare exactly.
     """
-    coords = gslice.coords()
-    coords.update(year=("year", np.asarray(years, dtype=np.int32)), band=("band", list(BANDS)))
+    coords: dict[str, Any] = {
+        **gslice.coords(),
+        "year": ("year", np.asarray(years, dtype=np.int32)),
+        "band": ("band", list(BANDS)),
+    }
     var = xr.DataArray(dn, dims=("year", "band", "y", "x"), coords=coords, attrs=landsat_attrs())
     ds = xr.Dataset({"landsat": var}, attrs={"source": source, **(attrs or {})})
     if decode:

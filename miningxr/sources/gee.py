@@ -225,7 +225,7 @@ def _store_class():
     return _Store
 
 
-def ee_units_to_ours(values: np.ndarray, band: str) -> np.ndarray:
+def ee_units_to_ours(values: xr.DataArray, band: str) -> xr.DataArray:
     """Earth Engine composite units (reflectance; thermal in kelvin) to the store's decoded units."""
     return (values - 273.15) / 100.0 if band == "thermal" else values
 
@@ -309,7 +309,7 @@ def open_gee(
     missing_bands = [b for b in BANDS if b not in raw.data_vars]
     if missing_bands:
         raise SourceError(f"{collection} has no band(s) {missing_bands}; found {list(raw.data_vars)}")
-    times = pd.DatetimeIndex(raw["time"].values) if raw.sizes.get("time") else []
+    times = pd.DatetimeIndex(raw["time"].values if raw.sizes.get("time") else [])
     have = {int(t.year): i for i, t in enumerate(times)}
     absent = [y for y in yrs if y not in have]
     if absent:

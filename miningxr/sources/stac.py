@@ -23,7 +23,7 @@ import xarray as xr
 from ..config import BANDS
 from ..encoding import encode_dn
 from ..errors import SourceError
-from ..grid import RESOLUTION, as_slice
+from ..grid import CRS_GRID, RESOLUTION, as_slice
 from .common import check_years, landsat_dataset
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,12 @@ def search_items(
         ) from None
     except Exception as exc:
         raise SourceError(f"cannot read STAC catalog {catalog}: {type(exc).__name__}: {exc}") from None
-    candidates = [root] if isinstance(root, pystac.Item) else list(root.get_items(recursive=True))
+    if isinstance(root, pystac.Item):
+        candidates = [root]
+    elif isinstance(root, (pystac.Catalog, pystac.Collection)):
+        candidates = list(root.get_items(recursive=True))
+    else:
+        raise SourceError(f"{catalog} is a STAC {type(root).__name__}, not a catalog, collection or item")
     lo, hi = pd.Timestamp(start), pd.Timestamp(end)
     x0, y0, x1, y1 = bbox_lonlat
     items = []
@@ -237,7 +242,9 @@ def prepare_items(
     band (stackstac reads it as no data); a scene without a required band is an error that names
     it. Returns the items and the number of scenes per mission.
     """
-    out, missions, lacking = [], {}, []
+    out: list[Any] = []
+    missions: dict[str, int] = {}
+    lacking: list[Any] = []
     for item in items:
         m = mission(item)
         keys = dict(assets) if assets is not None else MISSION_ASSETS.get(m or "", ASSETS)
@@ -377,7 +384,7 @@ def open_stac(
         stack = stackstac.stack(
             year_items,
             assets=[*BANDS, QA_ASSET],
-            epsg=int(gb.crs.epsg),
+            epsg=CRS_GRID.epsg,
             resolution=RESOLUTION,
             bounds=bounds,
             snap_bounds=False,

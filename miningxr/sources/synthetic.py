@@ -28,7 +28,7 @@ from shapely.geometry import Polygon
 
 from ..config import BANDS, SyntheticConfig
 from ..encoding import encode_dn
-from ..grid import CRS_GRID, GridSlice, as_slice, block_edges, country_table, pixel_affine
+from ..grid import CRS_GRID, GridSlice, as_slice, block_edges, country_table, pixel_corner
 from .common import check_years, landsat_dataset
 
 # Landsat-like spectra: blue green red nir swir1 swir2 reflectance, then thermal as
@@ -55,7 +55,7 @@ def _mix(h: np.ndarray) -> np.ndarray:
 
 
 def _hash(*keys: np.ndarray | int) -> np.ndarray:
-    h = np.uint64(0x9E3779B97F4A7C15)
+    h: np.ndarray = np.asarray(np.uint64(0x9E3779B97F4A7C15))
     with np.errstate(over="ignore"):
         for k in keys:
             h = _mix(np.asarray(k).astype(np.uint64) + h * np.uint64(0x100000001B3))
@@ -80,8 +80,8 @@ def _value_noise(seed: int, field: int, rows: np.ndarray, cols: np.ndarray, cell
     ir, ic = lr - ur[0], lc - uc[0]
     # separable: interpolate the few lattice rows along x first, then gather rows
     along = lat[:, ic] * (1 - fc).astype(np.float32) + lat[:, ic + 1] * fc.astype(np.float32)
-    fr = fr.astype(np.float32)[:, None]
-    return along[ir] * (1 - fr) + along[ir + 1] * fr
+    wr = fr.astype(np.float32)[:, None]
+    return along[ir] * (1 - wr) + along[ir + 1] * wr
 
 
 class _Mine:
@@ -110,7 +110,7 @@ class _Mine:
             return None
         col = self.cx + s * self.vertices[:, 0]
         row = self.cy + s * self.vertices[:, 1]
-        x, y = pixel_affine() @ (col, row)
+        x, y = pixel_corner(row, col)
         return Polygon(np.column_stack([x, y]))
 
 

@@ -27,6 +27,10 @@ SCALE_FACTOR: float = 1e-4
 ADD_OFFSET: float = 0.0
 FILL_VALUE: int = -32768
 
+#: the decoded values int16 holds, the fill value left out for no data
+_LOWEST = (FILL_VALUE + 1) * SCALE_FACTOR + ADD_OFFSET
+_HIGHEST = np.iinfo(np.int16).max * SCALE_FACTOR + ADD_OFFSET
+
 #: CF attributes every variable on the grid carries: its CRS is the ``spatial_ref`` coordinate
 GRID_MAPPING_ATTRS: dict[str, Any] = {"coordinates": "spatial_ref", "grid_mapping": "spatial_ref"}
 
@@ -60,9 +64,10 @@ def encode_dn(values: np.ndarray) -> np.ndarray:
     values = np.asarray(values)
     if values.dtype != np.float64:
         values = values.astype(np.float32, copy=False)
-    dn = np.rint((values - ADD_OFFSET) * (1 / SCALE_FACTOR))
-    bad = ~np.isfinite(dn)
-    np.clip(dn, FILL_VALUE + 1, np.iinfo(np.int16).max, out=dn, where=~bad)
+    bad = ~np.isfinite(values)
+    # clipped in decoded units first: scaling a huge value would overflow to inf (read as no data)
+    clipped = np.clip(values, _LOWEST, _HIGHEST)
+    dn = np.rint((clipped - ADD_OFFSET) * (1 / SCALE_FACTOR))
     return dn.astype(np.int16) if not bad.any() else np.where(bad, FILL_VALUE, dn).astype(np.int16)
 
 

@@ -156,3 +156,21 @@ def test_train_without_a_scheduler_reads_in_process(store, monkeypatch, tmp_path
     monkeypatch.setattr(miningxr.model.train, "train", lambda *a, **kw: seen.update(kw) or "trained")
     assert main(["train", "--store", str(store), "--out", str(tmp_path), "-q"]) == 0
     assert seen["client"] is None
+
+
+def test_a_mistake_is_one_line_and_a_bug_is_a_traceback(monkeypatch, capsys, tmp_path):
+    from miningxr import cli
+
+    # a user's mistake: one line that names the fix, exit status 2, no traceback
+    assert cli.main(["status", "--store", str(tmp_path / "none.zarr")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "miningxr ingest" in err and "Traceback" not in err
+
+    # anything else is a bug: its traceback, and a line saying so, exit status 1
+    def broken(args):
+        raise KeyError("internal")
+
+    monkeypatch.setitem(cli.COMMANDS, "status", broken)
+    assert cli.main(["status", "--store", str(tmp_path / "none.zarr")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "KeyError: 'internal'" in err and "this is a bug in miningxr" in err

@@ -3,6 +3,9 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from miningxr import load_tile_index, open_store, training_dataset
 from miningxr.config import BANDS, TrainConfig
@@ -215,3 +218,44 @@ def test_a_store_layout_the_fast_reader_declines_is_read_through_zarr_alike(stor
         xs, ys = slow(int(o[0]), int(o[1]), f)
         np.testing.assert_array_equal(xs, x)
         np.testing.assert_array_equal(ys, y)
+
+
+@st.composite
+def read_units(draw):
+    """A read unit held chunk-major, as ChunkReader returns it, with flags and a band choice."""
+    t = draw(st.sampled_from([4, 8]))
+    per_chunk = draw(st.integers(1, 3))  # tiles per chunk side
+    nci, ncj, nb = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    c = t * per_chunk
+    h = draw(st.integers(1, nci * c))  # a unit cut short by the grid edge has a smaller extent
+    w = draw(st.integers(1, ncj * c))
+    per_unit = max(nci, ncj) * per_chunk  # flags are for a full square unit
+    selected = draw(hnp.arrays(bool, per_unit * per_unit))
+    bands = draw(st.none() | st.lists(st.integers(0, nb - 1), min_size=1, max_size=nb, unique=True))
+    seed = draw(st.integers(0, 2**32 - 1))
+    return t, (nci, ncj, nb, c), (h, w), selected, bands, seed
+
+
+@settings(max_examples=200, deadline=None)
+@given(read_units())
+def test_cut_tiles_equals_slicing_each_selected_tile_out_of_the_unit(case):
+    t, (nci, ncj, nb, c), (h, w), selected, bands, seed = case
+    rng = np.random.default_rng(seed)
+    img = rng.integers(-32768, 32767, (nci, ncj, nb, c, c), dtype=np.int16)
+    lab = rng.integers(0, 2, (nci, ncj, c, c), dtype=np.uint8)
+    # the same unit as plain (band, y, x) and (y, x) arrays
+    flat = img.transpose(2, 0, 3, 1, 4).reshape(nb, nci * c, ncj * c)
+    flat_lab = lab.transpose(0, 2, 1, 3).reshape(nci * c, ncj * c)
+    per = int(np.sqrt(selected.size))
+    want_x, want_y = [], []
+    for r in range(h // t):
+        for k in range(w // t):
+            if r < per and k < per and selected[r * per + k]:
+                tile = flat[:, r * t : (r + 1) * t, k * t : (k + 1) * t]
+                want_x.append(tile if bands is None else tile[bands])
+                want_y.append(flat_lab[None, r * t : (r + 1) * t, k * t : (k + 1) * t] > 0)
+    x, y = cut_tiles(img, lab, selected, t, bands=bands, extent=(h, w))
+    assert len(x) == len(want_x) and y.dtype == np.uint8
+    if want_x:
+        np.testing.assert_array_equal(x, np.stack(want_x))
+        np.testing.assert_array_equal(y, np.stack(want_y).astype(np.uint8))

@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from miningxr import ModelMismatchError, open_store, predict
 from miningxr.encoding import normalize
@@ -90,3 +92,43 @@ def test_nan_in_some_bands_still_gives_a_finite_prediction(cube, tiny_model):
     partial["landsat"] = cube.landsat.where(~((cube.band == "thermal") & (cube.x < cube.x[64])))
     prob = predict(partial, tiny_model, overlap=16).values
     assert np.isfinite(prob).all()
+
+
+@pytest.fixture(scope="module")
+def small_cube(cube):
+    return cube.isel(y=slice(0, 256), x=slice(64, 384))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    overlap=st.sampled_from([0, 8, 16]),
+    rows=st.lists(st.integers(1, 256), min_size=1, max_size=4),
+    cols=st.lists(st.integers(1, 320), min_size=1, max_size=4),
+)
+def test_predict_does_not_depend_on_the_chunking(small_cube, tiny_model, overlap, rows, cols):
+    """Any chunking, edge chunks smaller than a tile included, gives the same probabilities."""
+
+    def chunks(sizes: list[int], total: int) -> tuple[int, ...]:
+        out, left = [], total
+        for n in sizes:
+            if left <= 0:
+                break
+            out.append(min(n, left))
+            left -= out[-1]
+        return (*out, left) if left > 0 else tuple(out)
+
+    ref = _reference(small_cube, tiny_model, overlap)
+    cube = small_cube.chunk({"y": chunks(rows, 256), "x": chunks(cols, 320)})
+    prob = predict(cube, tiny_model, overlap=overlap)
+    assert prob.chunks == cube.landsat.isel(year=0, band=0).chunks
+    np.testing.assert_allclose(prob.values, ref, atol=1e-5)
+
+
+_REFERENCE: dict = {}
+
+
+def _reference(cube, model, overlap: int) -> np.ndarray:
+    key = (id(cube), str(model), overlap)
+    if key not in _REFERENCE:
+        _REFERENCE[key] = predict(cube.chunk({"y": -1, "x": -1}), model, overlap=overlap).values
+    return _REFERENCE[key]

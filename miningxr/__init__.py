@@ -19,24 +19,9 @@ from typing import TYPE_CHECKING, Any
 import odc.geo.xr  # noqa: F401  (registers the .odc accessor on xarray objects)
 import rioxarray  # noqa: F401  (registers the .rio accessor: CRS and transform of every output)
 
+from . import errors
 from .config import BANDS, Config, PredictConfig, StoreLayout, SyntheticConfig, TileConfig, TrainConfig
-from .errors import (
-    ConfigError,
-    EvaluateError,
-    LabelError,
-    LoaderError,
-    MiningxrError,
-    MissingDependencyError,
-    ModelError,
-    ModelFileError,
-    ModelMismatchError,
-    RegionError,
-    SourceError,
-    StoreError,
-    TileError,
-    UsageError,
-    YearError,
-)
+from .errors import *  # noqa: F403  (every error: the names in errors.__all__)
 from .evaluate import evaluate
 from .export import export
 from .grid import GLOBAL_GEOBOX, GridSlice, Region
@@ -85,30 +70,15 @@ __all__ = [
     "BANDS",
     "GLOBAL_GEOBOX",
     "Config",
-    "ConfigError",
-    "EvaluateError",
     "GridSlice",
     "IngestReport",
-    "LabelError",
-    "LoaderError",
-    "MiningxrError",
-    "MissingDependencyError",
-    "ModelError",
-    "ModelFileError",
-    "ModelMismatchError",
     "PredictConfig",
     "Region",
-    "RegionError",
-    "SourceError",
-    "StoreError",
     "StoreLayout",
     "SyntheticConfig",
     "TileConfig",
-    "TileError",
     "TrainConfig",
     "TrainResult",
-    "UsageError",
-    "YearError",
     "build_unet",
     "evaluate",
     "export",
@@ -127,3 +97,4 @@ __all__ = [
     "write_mask",
     "write_predictions",
 ]
+__all__ += errors.__all__

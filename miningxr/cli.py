@@ -352,24 +352,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the TrainConfig fields that `miningxr train` takes as flags (--epochs, --batch-size, ...)
+TRAIN_FLAGS = (
+    "epochs",
+    "batch_size",
+    "base_filters",
+    "depth",
+    "learning_rate",
+    "dropout",
+    "pos_weight",
+    "patience",
+    "loss",
+    "lr_schedule",
+    "mixed_precision",
+    "augment",
+    "in_memory",
+)
+
+
 def train_config(cfg: Config, args: argparse.Namespace) -> TrainConfig:
     """The [train] config with the flags the user gave on top."""
-    return cfg.replace(
-        "train",
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        base_filters=args.base_filters,
-        depth=args.depth,
-        learning_rate=args.learning_rate,
-        dropout=args.dropout,
-        pos_weight=args.pos_weight,
-        patience=args.patience,
-        loss=args.loss,
-        lr_schedule=args.lr_schedule,
-        mixed_precision=args.mixed_precision,
-        augment=args.augment,
-        in_memory=args.in_memory,
-    ).train
+    return cfg.replace("train", **{name: getattr(args, name) for name in TRAIN_FLAGS}).train
 
 
 @contextlib.contextmanager

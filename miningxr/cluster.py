@@ -28,12 +28,9 @@ def dask_client(
         except ValueError:
             pass  # no client yet: start a local cluster below
     if scheduler not in (None, "local", "processes"):
-        client = distributed.Client(scheduler)
-        log.info("Dask scheduler %s, dashboard %s", scheduler, client.dashboard_link)
-        try:
+        with distributed.Client(scheduler) as client:
+            log.info("Dask scheduler %s, dashboard %s", scheduler, client.dashboard_link)
             yield client
-        finally:
-            client.close()
         return
     processes = processes or scheduler == "processes"
     ncores = os.cpu_count() or 1
@@ -51,10 +48,6 @@ def dask_client(
         cluster = local(dashboard)
     except OSError:  # dashboard port taken: let the OS choose
         cluster = local(":0")
-    client = distributed.Client(cluster)
-    log.info("Dask LocalCluster with %d thread(s); dashboard %s", ncores, client.dashboard_link)
-    try:
+    with cluster, distributed.Client(cluster) as client:
+        log.info("Dask LocalCluster with %d thread(s); dashboard %s", ncores, client.dashboard_link)
         yield client
-    finally:
-        client.close()
-        cluster.close()

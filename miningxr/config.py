@@ -26,7 +26,7 @@ import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 import numpy as np
 
@@ -54,7 +54,7 @@ def as_years(years: int | Sequence[int]) -> list[int]:
     return [int(y) for y in years]
 
 
-def _check_types(section: Any) -> None:
+def _check_types(section: Any, name: str) -> None:
     """Refuse a field whose value does not fit its type hint, naming the section and field."""
     hints = _hints(type(section))
     for f in dataclasses.fields(section):
@@ -65,7 +65,7 @@ def _check_types(section: Any) -> None:
                 msg = f"must be one of {expected}"
             else:
                 msg = f"must be {expected}"
-            raise ConfigError(f"[{section.section}] {f.name} {msg}, got {value!r}")
+            raise ConfigError(f"[{name}] {f.name} {msg}, got {value!r}")
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -126,14 +126,13 @@ def _at_least(cfg: Any, low: int, *names: str) -> None:
 class StoreLayout:
     """Chunking of the global store. Every layout shares the same pixel grid."""
 
-    section: ClassVar[str] = "store"
     chunk: int = 512
     shard: int = 2048
     first_year: int = 1984
     last_year: int = 2035
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        _check_types(self, "store")
         _at_least(self, 1, "chunk", "shard")
         if self.shard % self.chunk:
             raise ConfigError(f"[store] shard ({self.shard}) must be a multiple of chunk ({self.chunk})")
@@ -147,9 +146,12 @@ class StoreLayout:
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    """The deterministic synthetic Landsat source."""
+    """The deterministic synthetic Landsat source.
 
-    section: ClassVar[str] = "synthetic"
+    Every value is a pure function of ``seed``, the global pixel and the year, so any slice in any
+    chunking gives the same numbers; it serves the years ``first_year`` to ``last_year``.
+    """
+
     seed: int = 0
     first_year: int = 1984
     last_year: int = 2025
@@ -160,7 +162,7 @@ class SyntheticConfig:
     noise: float = 0.012
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        _check_types(self, "synthetic")
         lo, hi = self.mine_radius
         if not 0 < lo <= hi or self.mine_cell <= 2.7 * hi:
             raise ConfigError(
@@ -175,7 +177,6 @@ class SyntheticConfig:
 class TileConfig:
     """The 64x64 tile index and its spatial split."""
 
-    section: ClassVar[str] = "tiles"
     tile_size: int = 64
     #: split blocks are squares of this many tiles; whole blocks go to one split
     block_tiles: int = 8
@@ -190,7 +191,7 @@ class TileConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        _check_types(self, "tiles")
         _at_least(self, 1, "tile_size", "block_tiles")
         _at_least(self, 0, "buffer_tiles")
         if min(self.fractions) < 0 or not sum(self.fractions) > 0:
@@ -201,7 +202,6 @@ class TileConfig:
 class TrainConfig:
     """Model and optimisation; the defaults are the seed project's."""
 
-    section: ClassVar[str] = "train"
     tile_size: int = 64
     bands: tuple[str, ...] = BANDS
     base_filters: int = 64
@@ -224,7 +224,7 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        _check_types(self, "train")
         _at_least(self, 1, "tile_size", "base_filters", "depth", "batch_size", "epochs", "shuffle_buffer")
         _at_least(self, 0, "patience")
         if not self.learning_rate > 0:
@@ -247,18 +247,24 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class PredictConfig:
-    """Prediction: tile overlap, tiles per model call, and the mining threshold."""
+    """Prediction settings.
 
-    section: ClassVar[str] = "predict"
-    #: pixels by which neighbouring tiles overlap; their predictions are blended
+    Attributes
+    ----------
+    overlap
+        Pixels by which neighbouring tiles overlap; their predictions are blended.
+    batch_size
+        Tiles per model call.
+    threshold
+        Probability at or above which a pixel counts as mining.
+    """
+
     overlap: int = 16
-    #: tiles per model call
     batch_size: int = 64
-    #: probability at or above which a pixel counts as mining
     threshold: float = 0.5
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        _check_types(self, "predict")
         _at_least(self, 0, "overlap")
         _at_least(self, 1, "batch_size")
         if not 0 <= self.threshold <= 1:

@@ -307,10 +307,9 @@ def open_stac(
 
     Parameters
     ----------
-    region
-        A region or a :class:`~miningxr.grid.GridSlice`.
-    years
-        Years to composite; each needs at least one scene over the region.
+    region, years
+        Where (any region, or a :class:`~miningxr.grid.GridSlice`) and which years to composite;
+        each year needs at least one scene over the region.
     catalog
         A STAC API URL (searched with pystac-client) or the path/URL of a static
         ``catalog.json``/``collection.json``; relative asset hrefs are resolved against each

@@ -1,3 +1,5 @@
+import shlex
+
 import pytest
 
 from miningxr.cli import main
@@ -5,24 +7,7 @@ from miningxr.cli import main
 
 def test_ingest_then_status_reports_all_shards_done(tmp_path, capsys, client):
     store = str(tmp_path / "s.zarr")
-    assert (
-        main(
-            [
-                "ingest",
-                "--store",
-                store,
-                "--bbox",
-                "29.05",
-                "-25.95",
-                "29.06",
-                "-25.94",
-                "--year",
-                "2020",
-                "-q",
-            ]
-        )
-        == 0
-    )
+    assert main(shlex.split(f"ingest --store {store} --bbox 29.05 -25.95 29.06 -25.94 --year 2020 -q")) == 0
     assert main(["status", "--store", store]) == 0
     out = capsys.readouterr().out
     assert "1 shard(s) done, 0 left" in out
@@ -57,22 +42,9 @@ def test_ingest_by_country_takes_shards_around_its_mines_plus_mine_free_samples(
     store = tmp_path / "s.zarr"
     assert (
         main(
-            [
-                "ingest",
-                "--store",
-                str(store),
-                "--country",
-                "ZAF",
-                "--polygons",
-                str(polygons_path),
-                "--year",
-                "2020",
-                "--buffer-km",
-                "1",
-                "--config",
-                str(small_layout_config),
-                "-q",
-            ]
+            shlex.split(
+                f"ingest --store {store!s} --country ZAF --polygons {polygons_path!s} --year 2020 --buffer-km 1 --config {small_layout_config!s} -q"
+            )
         )
         == 0
     )
@@ -91,18 +63,9 @@ def test_ingest_by_country_takes_shards_around_its_mines_plus_mine_free_samples(
 def test_ingest_by_country_without_its_polygons_is_a_clear_error(tmp_path, capsys, polygons_path):
     assert (
         main(
-            [
-                "ingest",
-                "--store",
-                str(tmp_path / "s.zarr"),
-                "--country",
-                "BWA",
-                "--polygons",
-                str(polygons_path),
-                "--year",
-                "2020",
-                "-q",
-            ]
+            shlex.split(
+                f"ingest --store {tmp_path / 's.zarr'!s} --country BWA --polygons {polygons_path!s} --year 2020 -q"
+            )
         )
         == 2
     )
@@ -131,16 +94,9 @@ def test_train_with_a_scheduler_reads_on_that_cluster(store, client, monkeypatch
     )
     assert (
         main(
-            [
-                "train",
-                "--store",
-                str(store),
-                "--out",
-                str(tmp_path),
-                "--scheduler",
-                client.scheduler.address,
-                "-q",
-            ]
+            shlex.split(
+                f"train --store {store!s} --out {tmp_path!s} --scheduler {client.scheduler.address} -q"
+            )
         )
         == 0
     )

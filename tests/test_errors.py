@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -53,18 +54,9 @@ def read_only():
 def test_evaluate_split_all_scores_every_predicted_pixel(store, predictions, tmp_path, capsys):
     assert (
         main(
-            [
-                "evaluate",
-                "--store",
-                str(store),
-                "--predictions",
-                str(predictions),
-                "--split",
-                "all",
-                "--out",
-                str(tmp_path / "eval"),
-                "-q",
-            ]
+            shlex.split(
+                f"evaluate --store {store!s} --predictions {predictions!s} --split all --out {tmp_path / 'eval'!s} -q"
+            )
         )
         == 0
     )
@@ -75,20 +67,7 @@ def test_evaluate_split_all_scores_every_predicted_pixel(store, predictions, tmp
 def test_predict_a_year_the_store_lacks_is_an_error_and_writes_nothing(store, tiny_model, tmp_path, capsys):
     out = tmp_path / "p.zarr"
     assert (
-        main(
-            [
-                "predict",
-                "--store",
-                str(store),
-                "--model",
-                str(tiny_model),
-                "--out",
-                str(out),
-                "--year",
-                "2019",
-                "-q",
-            ]
-        )
+        main(shlex.split(f"predict --store {store!s} --model {tiny_model!s} --out {out!s} --year 2019 -q"))
         == 2
     )
     err = capsys.readouterr().err
@@ -250,23 +229,9 @@ def test_a_corrupt_model_file_says_so_not_file_not_found(store, tiny_model, tmp_
 
 def test_a_missing_polygon_file_is_reported_before_any_imagery_is_read(tmp_path, capsys):
     store = tmp_path / "s.zarr"
-    assert (
-        main(
-            [
-                "ingest",
-                "--store",
-                str(store),
-                "--bbox",
-                *INNER,
-                "--year",
-                "2020",
-                "--polygons",
-                str(tmp_path / "missing.gpkg"),
-                "-q",
-            ]
-        )
-        == 2
-    )
+    missing = tmp_path / "missing.gpkg"
+    bbox = " ".join(INNER)
+    assert main(shlex.split(f"ingest --store {store} --bbox {bbox} --year 2020 --polygons {missing} -q")) == 2
     err = capsys.readouterr().err
     assert "polygon file" in err and "does not exist" in err and "--polygons" in err
     assert not store.exists()
@@ -291,19 +256,7 @@ def test_a_failed_ingest_leaves_no_store_behind(tmp_path, capsys, opts, message)
 def test_a_swapped_bbox_is_called_swapped_not_antimeridian(tmp_path, capsys):
     assert (
         main(
-            [
-                "ingest",
-                "--store",
-                str(tmp_path / "s.zarr"),
-                "--bbox",
-                "29.6",
-                "-26.0",
-                "29.0",
-                "-25.6",
-                "--year",
-                "2020",
-                "-q",
-            ]
+            shlex.split(f"ingest --store {tmp_path / 's.zarr'!s} --bbox 29.6 -26.0 29.0 -25.6 --year 2020 -q")
         )
         == 2
     )

@@ -1,3 +1,4 @@
+import shlex
 import warnings
 
 import geopandas as gpd
@@ -215,18 +216,8 @@ def test_every_polygon_command_takes_layer_and_columns(tmp_path, client, zaf_min
     zaf_mines.to_file(path, layer="mines")
     store = tmp_path / "s.zarr"
     bb = zaf_mines.to_crs("EPSG:4326").total_bounds
-    args = [
-        "ingest",
-        "--store",
-        str(store),
-        "--bbox",
-        *map(str, bb),
-        "--year",
-        "2020",
-        "--polygons",
-        str(path),
-        "-q",
-    ]
+    bbox = " ".join(map(str, bb))
+    args = shlex.split(f"ingest --store {store} --bbox {bbox} --year 2020 --polygons {path} -q")
     assert main(args) == 2 and "--layer" in capsys.readouterr().err
     assert not store.exists()  # refused before anything was written
     assert main([*args, "--layer", "mines"]) == 0

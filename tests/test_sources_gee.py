@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import time
 
 import numpy as np
@@ -22,6 +23,7 @@ pytest.importorskip("xee")
 # small shards keep each test to a few dozen requests; the grid is the same global grid
 LAYOUT = StoreLayout(chunk=256, shard=512)
 FAST = {"initial_delay": 0.001, "max_delay": 0.01}
+GEE_INGEST = {"source": "gee", "layout": LAYOUT, "source_options": FAST, "progress": False}
 
 
 @pytest.fixture
@@ -76,10 +78,7 @@ def test_gee_ingest_equals_synthetic_ingest(tmp_path, client, two_shards):
             tmp_path / "gee.zarr",
             two_shards,
             2020,
-            source="gee",
-            layout=LAYOUT,
-            source_options=FAST,
-            progress=False,
+            **GEE_INGEST,
         )
     assert report.ok and report.written == 2
     ingest(tmp_path / "syn.zarr", two_shards, 2020, layout=LAYOUT, progress=False)
@@ -103,10 +102,7 @@ def test_gee_quota_errors_are_retried_and_nothing_is_lost(tmp_path, client, two_
             tmp_path / "s.zarr",
             two_shards,
             2020,
-            source="gee",
-            layout=LAYOUT,
-            source_options=FAST,
-            progress=False,
+            **GEE_INGEST,
         )
     assert failed_once and report.ok and not report.failed
     assert len(fake.requests) == 2 * 7 + len(failed_once)  # each refused request was sent again
@@ -128,9 +124,7 @@ def test_gee_permanent_error_marks_only_its_shard_failed(tmp_path, client, two_s
 
     path = tmp_path / "s.zarr"
     with FakeEarthEngine(fault=refuse):
-        report = ingest(
-            path, two_shards, 2020, source="gee", layout=LAYOUT, source_options=FAST, progress=False
-        )
+        report = ingest(path, two_shards, 2020, **GEE_INGEST)
     assert report.written == 1 and len(report.failed) == 1
     (err,) = report.failed.values()
     assert "refused" in err and "not accessible" in err
@@ -222,25 +216,9 @@ def test_cli_ingest_from_earth_engine_then_status(tmp_path, client, capsys, smal
     with FakeEarthEngine():
         assert (
             main(
-                [
-                    "ingest",
-                    "--store",
-                    store,
-                    "--bbox",
-                    "29.05",
-                    "-25.95",
-                    "29.051",
-                    "-25.949",
-                    "--year",
-                    "2020",
-                    "--source",
-                    "gee",
-                    "--gee-project",
-                    "fake-project",
-                    "--config",
-                    str(small_layout_config),
-                    "-q",
-                ]
+                shlex.split(
+                    f"ingest --store {store} --bbox 29.05 -25.95 29.051 -25.949 --year 2020 --source gee --gee-project fake-project --config {small_layout_config!s} -q"
+                )
             )
             == 0
         )

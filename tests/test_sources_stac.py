@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import shlex
 
 import numpy as np
 import pytest
@@ -72,33 +73,12 @@ def catalog(tmp_path_factory, stac_slice, scenes):
                     "proj:transform": [a.a, a.b, a.c, a.d, a.e, a.f],
                 },
             )
-            item.geometry = {
-                "type": "Polygon",
-                "coordinates": [
-                    [
-                        [bb.left, bb.bottom],
-                        [bb.right, bb.bottom],
-                        [bb.right, bb.top],
-                        [bb.left, bb.top],
-                        [bb.left, bb.bottom],
-                    ]
-                ],
-            }
+            item.geometry = _footprint(bb)
             layers = {**{ASSETS[b]: dn[k] for k, b in enumerate(ASSETS)}, QA_ASSET: qa}
             for key, arr in layers.items():
                 path = root / sid / f"{sid}_{key}.tif"
-                with rasterio.open(
-                    path,
-                    "w",
-                    driver="COG",
-                    width=arr.shape[1],
-                    height=arr.shape[0],
-                    count=1,
-                    dtype="uint16",
-                    crs="EPSG:6933",
-                    nodata=1 if key == QA_ASSET else 0,
-                    transform=Affine(a.a, a.b, a.c, a.d, a.e, a.f),
-                    blocksize=256,
+                with _cog(
+                    path, arr, Affine(a.a, a.b, a.c, a.d, a.e, a.f), nodata=1 if key == QA_ASSET else 0
                 ) as dst:
                     dst.write(arr, 1)
                 item.add_asset(
@@ -186,25 +166,9 @@ def test_cli_ingest_from_a_stac_catalog(tmp_path, client, catalog, stac_slice, c
     bb = stac_slice.geobox.geographic_extent.boundingbox
     inner = [bb.left + 1e-3, bb.bottom + 1e-3, bb.left + 2e-3, bb.bottom + 2e-3]
     store = tmp_path / "s.zarr"
-    assert (
-        main(
-            [
-                "ingest",
-                "--store",
-                str(store),
-                "--bbox",
-                *map(str, inner),
-                "--year",
-                "2020",
-                "--source",
-                "stac",
-                "--stac-catalog",
-                str(catalog),
-                "-q",
-            ]
-        )
-        == 0
-    )
+    bbox = " ".join(map(str, inner))
+    command = f"ingest --store {store} --bbox {bbox} --year 2020 --source stac --stac-catalog {catalog} -q"
+    assert main(shlex.split(command)) == 0
     got = open_store(store, stac_slice, 2020).landsat.values
     want = open_landsat(stac_slice, 2020, source="stac", catalog=catalog).landsat.values
     np.testing.assert_array_equal(got, want)
@@ -301,18 +265,7 @@ def _real_item(name: str, slice_: GridSlice, when: dt.datetime, arrays: dict, ro
     item.id = f"{item.id}_{when:%Y%m%d}"
     bb = slice_.geobox.geographic_extent.boundingbox
     item.bbox = [bb.left, bb.bottom, bb.right, bb.top]
-    item.geometry = {
-        "type": "Polygon",
-        "coordinates": [
-            [
-                [bb.left, bb.bottom],
-                [bb.right, bb.bottom],
-                [bb.right, bb.top],
-                [bb.left, bb.top],
-                [bb.left, bb.bottom],
-            ]
-        ],
-    }
+    item.geometry = _footprint(bb)
     item.datetime = when
     a = slice_.geobox.affine
     for key in list(item.assets):
@@ -321,17 +274,7 @@ def _real_item(name: str, slice_: GridSlice, when: dt.datetime, arrays: dict, ro
     for key, arr in arrays.items():
         assert key in item.assets, f"{name} has no asset {key}"
         path = root / f"{item.id}_{key}.tif"
-        with rasterio.open(
-            path,
-            "w",
-            driver="COG",
-            width=arr.shape[1],
-            height=arr.shape[0],
-            count=1,
-            dtype="uint16",
-            crs="EPSG:6933",
-            transform=Affine(*tuple(a)[:6]),
-        ) as dst:
+        with _cog(path, arr, Affine(*tuple(a)[:6])) as dst:
             dst.write(arr, 1)
         item.assets[key].href = str(path)
     return item
@@ -472,23 +415,9 @@ def test_cli_stac_preset_is_accepted_and_an_unreachable_catalog_is_a_clear_error
     # the tests have no network: the preset's API cannot be reached, which must say so plainly
     assert (
         main(
-            [
-                "ingest",
-                "--store",
-                str(store),
-                "--bbox",
-                "29.05",
-                "-25.95",
-                "29.06",
-                "-25.94",
-                "--year",
-                "2020",
-                "--source",
-                "stac",
-                "--stac-preset",
-                "planetary-computer",
-                "-q",
-            ]
+            shlex.split(
+                f"ingest --store {store!s} --bbox 29.05 -25.95 29.06 -25.94 --year 2020 --source stac --stac-preset planetary-computer -q"
+            )
         )
         == 2
     )
@@ -497,22 +426,33 @@ def test_cli_stac_preset_is_accepted_and_an_unreachable_catalog_is_a_clear_error
     assert "Traceback" not in err and not store.exists()
     assert (
         main(
-            [
-                "ingest",
-                "--store",
-                str(store),
-                "--bbox",
-                "29.05",
-                "-25.95",
-                "29.06",
-                "-25.94",
-                "--year",
-                "2020",
-                "--stac-preset",
-                "earth-search",
-                "-q",
-            ]
+            shlex.split(
+                f"ingest --store {store!s} --bbox 29.05 -25.95 29.06 -25.94 --year 2020 --stac-preset earth-search -q"
+            )
         )
         == 2
     )
     assert "--stac-catalog and --stac-preset are for --source stac" in capsys.readouterr().err
+
+
+def _footprint(bb) -> dict:
+    """The GeoJSON polygon of a lon/lat bounding box, as STAC items give their footprint."""
+    from shapely.geometry import box, mapping
+
+    return dict(mapping(box(bb.left, bb.bottom, bb.right, bb.top)))
+
+
+def _cog(path, arr, transform, **options):
+    """A one-band uint16 Cloud-Optimized GeoTIFF on the grid CRS, open for writing."""
+    return rasterio.open(
+        path,
+        "w",
+        driver="COG",
+        width=arr.shape[1],
+        height=arr.shape[0],
+        count=1,
+        dtype="uint16",
+        crs="EPSG:6933",
+        transform=transform,
+        **options,
+    )

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import geopandas as gpd
 import numpy as np
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
@@ -24,9 +25,6 @@ from .errors import StoreError
 from .grid import CRS_GRID, PIXEL_AREA_KM2, RESOLUTION, GridSlice
 from .labels import valid_polygons
 from .store import check_output_folder
-
-if TYPE_CHECKING:
-    import geopandas as gpd
 
 #: the mask GeoTIFF's nodata: pixels without a prediction (no imagery) are neither 0 nor 1
 MASK_NODATA = 255
@@ -47,8 +45,6 @@ def to_cog(da_: xr.DataArray, path: str | os.PathLike, *, nodata: Any = None) ->
 
 def mine_polygons_from(prob: xr.DataArray, threshold: float = 0.5, min_pixels: int = 4) -> gpd.GeoDataFrame:
     """Polygons of predicted mining (probability >= threshold), with area in km2 (EPSG:4326)."""
-    import geopandas as gpd
-
     mask = (prob.fillna(0).values >= threshold).astype(np.uint8)
     transform = _with_crs(prob).rio.transform()
     # 4-connected patches: an 8-connected polygonization joins pixels that touch only at a corner

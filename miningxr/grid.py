@@ -23,8 +23,9 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import geopandas as gpd
 import numpy as np
 import numpy.typing as npt
 import xarray as xr
@@ -36,9 +37,6 @@ from odc.geo.xr import xr_coords
 from rasterio import features
 
 from .errors import RegionError
-
-if TYPE_CHECKING:
-    import geopandas as gpd
 
 CRS_GRID = CRS("EPSG:6933")
 RESOLUTION = 30.0
@@ -380,8 +378,6 @@ def as_region(obj: Any) -> Region:
 @functools.cache
 def country_table() -> gpd.GeoDataFrame:
     """ISO3 code, name and outline of every country (Natural Earth 1:110m, public domain)."""
-    import geopandas as gpd
-
     path = resources.files("miningxr") / "data" / "countries.gpkg"
     return gpd.read_file(str(path), layer="countries")
 

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dask.array as da
+import geopandas as gpd
 import numpy as np
+import pyogrio
 import shapely
 import xarray as xr
 import zarr
@@ -73,8 +75,6 @@ def check_polygon_file(path: str | os.PathLike, layer: str | None = None) -> str
 
     Cheap (no feature is read): commands call it before any work starts.
     """
-    import pyogrio
-
     path = Path(path)
     if not path.exists():
         raise LabelError(
@@ -137,8 +137,6 @@ def read_polygons(
         In EPSG:6933 with ``ISO3_CODE``, ``COUNTRY_NAME`` and ``AREA``; ``attrs`` hold ``name``,
         ``checksum`` (sha256 of the file) and ``derived`` (the columns computed here).
     """
-    import geopandas as gpd
-
     mapping = parse_columns(columns)
     if isinstance(path, gpd.GeoDataFrame):
         gdf = path.copy()
@@ -215,8 +213,6 @@ def read_polygons(
 def _join_countries(gdf):
     """``ISO3_CODE``/``COUNTRY_NAME`` of each polygon from the built-in country table: the country
     holding its representative point, else the nearest within :data:`COUNTRY_SNAP_M`."""
-    import geopandas as gpd
-
     table = country_table().to_crs(gdf.crs)[["ISO3_CODE", "COUNTRY_NAME", "geometry"]]
     points = gpd.GeoDataFrame(geometry=gdf.geometry.representative_point(), crs=gdf.crs)
     hit = gpd.sjoin(points, table, how="left", predicate="within")

@@ -27,6 +27,7 @@ import functools
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -429,8 +430,6 @@ def _dask_reads(client, reader, origins, flags, order, ahead: int) -> Iterator:
     key that raced the previous epoch's release of the same key: from the second epoch on,
     reads failed with "lost dependencies".
     """
-    from collections import deque
-
     pending: deque = deque()
 
     def oldest():

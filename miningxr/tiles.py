@@ -22,9 +22,10 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dask
+import geopandas as gpd
 import numpy as np
 import pandas as pd
 import shapely
@@ -35,9 +36,6 @@ from .config import BANDS, TileConfig
 from .errors import TileError, YearError
 from .grid import CRS_GRID, RESOLUTION, GridSlice, pixel_corner
 from .store import open_store
-
-if TYPE_CHECKING:
-    import geopandas as gpd
 
 SPLITS = ("train", "val", "test")
 TILES_DIR = "_tiles"
@@ -70,8 +68,6 @@ def tile_index(
         ``positive``, ``split`` (train/val/test/buffer), ``selected`` (kept for training after
         sampling). ``attrs`` holds ``stats`` (per-band mean/std), ``year``, ``config``, ``store``.
     """
-    import geopandas as gpd
-
     cfg = config or TileConfig()
     ds = store if isinstance(store, xr.Dataset) else open_store(store, region=region)
     if year is None:
@@ -225,8 +221,6 @@ def save_tile_index(index: gpd.GeoDataFrame, store: str | os.PathLike) -> Path:
 
 def load_tile_index(store: str | os.PathLike) -> gpd.GeoDataFrame:
     """Read the index saved by :func:`tile_index`, with its attrs."""
-    import geopandas as gpd
-
     parquet, meta = _paths(store)
     if not parquet.exists():
         raise TileError(

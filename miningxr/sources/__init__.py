@@ -7,36 +7,41 @@ bands, scaling and coordinates, so everything downstream treats them alike.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import datetime
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import xarray as xr
 
+from ..config import SyntheticConfig
 from ..errors import SourceError
 from ..grid import as_slice
+from . import gee, stac, synthetic
 
-SOURCES = ("synthetic", "gee", "stac")
+#: every source, by the name ``source=`` takes: each opens the same cube on the global grid
+OPENERS: dict[str, Callable[..., xr.Dataset]] = {
+    "synthetic": synthetic.open_synthetic,
+    "gee": gee.open_gee,
+    "stac": stac.open_stac,
+}
+SOURCES = tuple(OPENERS)
+
+
+def _opener(source: str) -> Callable[..., xr.Dataset]:
+    if source not in OPENERS:
+        raise SourceError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
+    return OPENERS[source]
 
 
 def source_years(source: str, **options: Any) -> tuple[int, int]:
     """The first and last year a source can serve (synthetic: its config's; gee and stac: from
     the start of their archives to this year)."""
-    import datetime as _dt
-
+    _opener(source)
     if source == "synthetic":
-        from ..config import SyntheticConfig
-
         cfg = options.get("config") or SyntheticConfig()
         return int(cfg.first_year), int(cfg.last_year)
-    if source == "gee":
-        from .gee import FIRST_YEAR as GEE_FIRST
-
-        return GEE_FIRST, _dt.date.today().year
-    if source == "stac":
-        from .stac import FIRST_YEAR as STAC_FIRST
-
-        return STAC_FIRST, _dt.date.today().year
-    raise SourceError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
+    first = gee.FIRST_YEAR if source == "gee" else stac.FIRST_YEAR
+    return first, datetime.date.today().year
 
 
 def open_landsat(
@@ -80,17 +85,4 @@ def open_landsat(
     >>> ds.band.values.tolist()
     ['blue', 'green', 'red', 'nir', 'swir1', 'swir2', 'thermal']
     """
-    gslice = as_slice(region)
-    if source == "synthetic":
-        from .synthetic import open_synthetic
-
-        return open_synthetic(gslice, year, chunks=chunks, decode=decode, **options)
-    if source == "gee":
-        from .gee import open_gee
-
-        return open_gee(gslice, year, chunks=chunks, decode=decode, **options)
-    if source == "stac":
-        from .stac import open_stac
-
-        return open_stac(gslice, year, chunks=chunks, decode=decode, **options)
-    raise SourceError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
+    return _opener(source)(as_slice(region), year, chunks=chunks, decode=decode, **options)

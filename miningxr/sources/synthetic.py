@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 import dask.array as da
+import geopandas as gpd
 import numpy as np
 import xarray as xr
 from dask.base import tokenize
@@ -249,8 +250,6 @@ def mine_polygons(region, year: int, *, config: SyntheticConfig | None = None):
     Columns follow the global mining polygons v2 schema: ``ISO3_CODE``, ``COUNTRY_NAME``,
     ``AREA`` (km2), plus ``MINE_ID``.
     """
-    import geopandas as gpd
-
     cfg = config or SyntheticConfig()
     check_years(year, cfg.first_year, cfg.last_year, "synthetic")
     gslice = as_slice(region)

@@ -200,7 +200,7 @@ def bench_loader(store: Path, epochs: int = 8):
 
     reader = ChunkReader(str(store), int(index.attrs["year"]), cfg.bands, cfg.tile_size, 512)
     origins, flags = _chunk_table(index, 512, cfg.tile_size)
-    parts = [reader(int(o[0]), int(o[1]), f) for o, f in zip(origins, flags, strict=True)]
+    parts = [reader(int(o[1]), int(o[2]), f, int(o[0])) for o, f in zip(origins, flags, strict=True)]
     xs, ys = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     makers = {
         "ours": lambda: miningxr.training_dataset(store, index, "train", config=cfg, repeat=True),

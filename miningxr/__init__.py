@@ -31,7 +31,7 @@ from .loader import training_dataset
 from .predict import open_predictions, predict, write_predictions
 from .shards import IngestReport, status
 from .sources import open_landsat
-from .store import open_store
+from .store import open_regions, open_store, store_regions
 from .tiles import load_tile_index, tile_index
 
 if TYPE_CHECKING:
@@ -87,10 +87,12 @@ __all__ = [
     "mining_mask",
     "open_landsat",
     "open_predictions",
+    "open_regions",
     "open_store",
     "predict",
     "read_polygons",
     "status",
+    "store_regions",
     "tile_index",
     "train",
     "training_dataset",

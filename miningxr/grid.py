@@ -338,6 +338,33 @@ def as_slice(region: Any, align: int = 1) -> GridSlice:
     return region if isinstance(region, GridSlice) else as_region(region).slice(align)
 
 
+def sparse_cover(shard_ids: Iterable[tuple[int, int]], shard: int) -> list[GridSlice]:
+    """Disjoint rectangles of whole shards whose union is exactly the given shards.
+
+    How a sparse store is read: each rectangle is one lazy Dataset, so the work grows with the
+    shards that hold data, not with the distance between them. Rectangles are grown greedily
+    from the top-left shard not yet covered, first along the row, then down while the whole span
+    is present, so a solid block of shards is one rectangle.
+
+    >>> [s.shard_ids(2048) for s in sparse_cover([(0, 0), (0, 1), (1, 0), (1, 1), (5, 5)], 2048)]
+    [[(0, 0), (0, 1), (1, 0), (1, 1)], [(5, 5)]]
+    """
+    left = set(shard_ids)
+    out = []
+    while left:
+        r, c = min(left)
+        c1 = c
+        while (r, c1 + 1) in left:
+            c1 += 1
+        r1 = r
+        while all((r1 + 1, k) in left for k in range(c, c1 + 1)):
+            r1 += 1
+        block = {(i, k) for i in range(r, r1 + 1) for k in range(c, c1 + 1)}
+        left -= block
+        out.append(GridSlice.covering(block, shard))
+    return out
+
+
 def country_shards(
     region: Region, polygons: Any, shard: int, *, buffer_m: float = 2000.0, seed: int = 0
 ) -> list[tuple[int, int]]:

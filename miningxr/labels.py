@@ -27,13 +27,14 @@ import pyogrio
 import shapely
 import xarray as xr
 import zarr
+from dask.delayed import Delayed
 from shapely.geometry import MultiPolygon, Polygon
 
-from .catalog import NO_YEAR, Catalog
+from .catalog import NO_YEAR, Catalog, ShardKey
 from .encoding import MASK_ATTRS
 from .errors import LabelError
-from .grid import CRS_GRID, GridSlice, as_slice, country_table, pixel_corner
-from .shards import IngestReport, run_shards, shard_writer
+from .grid import CRS_GRID, GridSlice, as_slice, country_table, pixel_corner, sparse_cover
+from .shards import IngestReport, MakeTask, run_shards, shard_writer
 from .store import open_store, store_layout
 
 if TYPE_CHECKING:
@@ -411,16 +412,23 @@ def write_mask(
             f"{store} holds no ingested shard{' in that region' if region is not None else ''} "
             "to rasterize masks into; ingest imagery there first (`miningxr ingest`)"
         )
-    cover = GridSlice.covering(ids, layout.shard)
-    ds = open_store(store, region=cover, chunks=layout.shard)
-    mask = mining_mask(ds, gdf, all_touched=all_touched).data
+    # rectangle by rectangle of whole shards holding imagery: never the empty space between them
+    writers: dict[tuple[int, int], MakeTask] = {}
+    for rect in sparse_cover(ids, layout.shard):
+        ds = open_store(store, region=rect, chunks=layout.shard)
+        mask = mining_mask(ds, gdf, all_touched=all_touched).data
+        write = shard_writer(store, "mining", mask, rect, layout.shard)
+        writers.update(dict.fromkeys(rect.shard_ids(layout.shard), write))
     root = zarr.open_group(str(store), mode="r+")
     previous = root["mining"].attrs.get("polygons_sha256")
     new_file = previous not in (None, gdf.attrs["checksum"])
     root["mining"].attrs.update(
         polygons=gdf.attrs["name"], polygons_sha256=gdf.attrs["checksum"], all_touched=int(all_touched)
     )
-    task = shard_writer(store, "mining", mask, cover, layout.shard)
+
+    def task(key: ShardKey) -> Delayed:
+        return writers[key[1:]](key)
+
     run_shards(
         store,
         "mining",

@@ -105,7 +105,7 @@ class ChunkReader:
             raise LoaderError(f"band(s) {unknown} are not in the store's bands {list(BANDS)}")
         self.store, self.year, self.bands, self.tile, self.unit = str(store), year, tuple(bands), tile, unit
         self.chunk = layout.chunk
-        self.year_index = year - layout.first_year
+        self.first_year = layout.first_year
         self.band_index = [BANDS.index(b) for b in bands]
         self._arrays: tuple[zarr.Array, zarr.Array, ShardReader | None, ShardReader | None] | None = None
         self._local = threading.local()  # per-thread scratch of read(scratch=True)
@@ -125,9 +125,10 @@ class ChunkReader:
         return _process_reader, (self.store, self.year, self.bands, self.tile, self.unit)
 
     def read(
-        self, row0: int, col0: int, *, scratch: bool = False
+        self, row0: int, col0: int, *, year: int | None = None, scratch: bool = False
     ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-        """The read unit at (row0, col0): all bands, chunk-major, its mask, and its extent.
+        """The read unit at (row0, col0) of ``year`` (default the reader's): all bands,
+        chunk-major, its mask, and its extent.
 
         Returns ``(img, lab, (h, w))``: ``img`` is ``(chunk_row, chunk_col, band, chunk, chunk)``
         int16, ``lab`` ``(chunk_row, chunk_col, chunk, chunk)``; a unit cut short by the grid
@@ -138,6 +139,7 @@ class ChunkReader:
         again each time: 2-7% of the streaming loader's tiles/s, in paired runs.
         """
         landsat, mining, fast_img, fast_lab = self._open()
+        at = (self.year if year is None else year) - self.first_year
         c = self.chunk
         h, w = min(self.unit, landsat.shape[2] - row0), min(self.unit, landsat.shape[3] - col0)
         nr, nc = -(-h // c), -(-w // c)
@@ -150,16 +152,14 @@ class ChunkReader:
         cells = [(i, j) for i in range(nr) for j in range(nc)]
         grid = [(row0 // c + i, col0 // c + j) for i, j in cells]
         if fast_img is not None and fast_lab is not None:
-            fast_img.read([(self.year_index, 0, r, k) for r, k in grid], [img[i, j][None] for i, j in cells])
+            fast_img.read([(at, 0, r, k) for r, k in grid], [img[i, j][None] for i, j in cells])
             fast_lab.read(grid, [lab[i, j] for i, j in cells])
         else:  # a layout ShardReader does not know: zarr reads it, chunk by chunk
             for (i, j), (r, k) in zip(cells, grid, strict=True):
                 rows = slice(r * c, min((r + 1) * c, landsat.shape[2]))
                 cols = slice(k * c, min((k + 1) * c, landsat.shape[3]))
                 hh, ww = rows.stop - rows.start, cols.stop - cols.start
-                landsat.get_basic_selection(
-                    (self.year_index, slice(None), rows, cols), out=_nd(img[i, j, :, :hh, :ww])
-                )
+                landsat.get_basic_selection((at, slice(None), rows, cols), out=_nd(img[i, j, :, :hh, :ww]))
                 mining.get_basic_selection((rows, cols), out=_nd(lab[i, j, :hh, :ww]))
         return img, lab, (h, w)
 
@@ -172,7 +172,8 @@ class ChunkReader:
         return buf["img"], buf["lab"]
 
     def in_memory(self, origins: np.ndarray) -> ChunkReader:
-        """A reader serving the read units at ``origins`` from RAM, each read from Zarr once, now.
+        """A reader serving the read units at ``origins`` (rows of year, row0, col0) from RAM,
+        each read from Zarr once, now.
 
         Only the reader's bands are kept (e.g. 3 of 7 bands take 3/7 of the memory).
         """
@@ -181,12 +182,17 @@ class ChunkReader:
             everything = self.band_index == list(range(img.shape[2]))
             return (img if everything else img[:, :, self.band_index].copy()), lab, extent
 
-        units = {(int(r), int(c)): keep(*self.read(int(r), int(c))) for r, c in origins}
+        units = {
+            (int(y), int(r), int(c)): keep(*self.read(int(r), int(c), year=int(y))) for y, r, c in origins
+        }
         return _MemoryReader(self, units)
 
-    def __call__(self, row0: int, col0: int, selected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Tiles of the read unit at global pixel (row0, col0) whose flag in ``selected`` is set."""
-        img, lab, extent = self.read(row0, col0, scratch=True)
+    def __call__(
+        self, row0: int, col0: int, selected: np.ndarray, year: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Tiles of the read unit at global pixel (row0, col0) of ``year`` (default the
+        reader's) whose flag in ``selected`` is set."""
+        img, lab, extent = self.read(row0, col0, year=year, scratch=True)
         # copies the tiles (and bands) out of the scratch
         return cut_tiles(img, lab, selected, self.tile, bands=self.band_index, extent=extent)
 
@@ -211,9 +217,9 @@ class _MemoryReader(ChunkReader):
         self._units = units
 
     def read(
-        self, row0: int, col0: int, *, scratch: bool = False
+        self, row0: int, col0: int, *, year: int | None = None, scratch: bool = False
     ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-        return self._units[(row0, col0)]
+        return self._units[(self.year if year is None else year, row0, col0)]
 
     def __reduce__(self):
         raise TypeError("an in-memory reader serves only the process that read it; pickle a ChunkReader")
@@ -260,15 +266,17 @@ def cut_tiles(
     return x, (masks[at] > 0).view(np.uint8)[:, None]
 
 
-def _chunk_table(tiles, chunk: int, tile: int) -> tuple[np.ndarray, np.ndarray]:
-    """Chunks holding the given tiles, and per chunk a flag per tile position."""
+def _chunk_table(tiles: Any, chunk: int, tile: int) -> tuple[np.ndarray, np.ndarray]:
+    """The read units holding the given tiles, as rows of ``(year, row0, col0)``, and per unit a
+    flag per tile position. An index without a ``year`` column is of its ``attrs["year"]``."""
     per = chunk // tile
+    years = tiles["year"].to_numpy() if "year" in tiles else np.full(len(tiles), tiles.attrs["year"])
     cr, cc = tiles.row0.to_numpy() // chunk, tiles.col0.to_numpy() // chunk
-    keys, inverse = np.unique(np.stack([cr, cc], 1), axis=0, return_inverse=True)
+    keys, inverse = np.unique(np.stack([years, cr, cc], 1), axis=0, return_inverse=True)
     flags = np.zeros((len(keys), per * per), dtype=bool)
     pos = ((tiles.row0.to_numpy() % chunk) // tile) * per + (tiles.col0.to_numpy() % chunk) // tile
     flags[inverse.ravel(), pos] = True
-    return keys * chunk, flags
+    return keys * np.array([1, chunk, chunk]), flags
 
 
 def training_dataset(
@@ -362,7 +370,7 @@ def training_dataset(
 
         def read_unit(o_, f_):
             with _reads_in_flight.call():
-                return reader(int(o_[0]), int(o_[1]), f_)
+                return reader(int(o_[1]), int(o_[2]), f_, int(o_[0]))
 
         def read(o, f):
             # reads run in tf.data's threads; the Zarr decode releases the GIL
@@ -439,7 +447,13 @@ def _dask_reads(client, reader, origins, flags, order, ahead: int) -> Iterator:
     for k in order:
         pending.append(
             client.submit(
-                ChunkReader.__call__, reader, int(origins[k][0]), int(origins[k][1]), flags[k], pure=False
+                ChunkReader.__call__,
+                reader,
+                int(origins[k][1]),
+                int(origins[k][2]),
+                flags[k],
+                int(origins[k][0]),
+                pure=False,
             )
         )
         if len(pending) >= ahead:

@@ -44,7 +44,7 @@ from .catalog import CATALOG, Catalog
 from .config import BANDS, StoreLayout, as_years
 from .encoding import FILL_VALUE, GRID_MAPPING_ATTRS, MASK_ATTRS, landsat_attrs
 from .errors import StoreError, YearError
-from .grid import GLOBAL_SHAPE, GridSlice, as_slice
+from .grid import GLOBAL_SHAPE, GridSlice, as_slice, sparse_cover
 
 LAYOUT_VERSION = 1
 
@@ -254,7 +254,8 @@ def open_store(
         The store.
     region
         What to read: anything :func:`~miningxr.grid.as_region` takes, or a GridSlice. By
-        default, the rectangle covering every shard ingested so far.
+        default, the rectangle covering every shard ingested so far; a store whose regions lie
+        far apart (that rectangle mostly empty) is refused: open it with :func:`open_regions`.
     years
         Years to keep (default: those with ingested data).
     chunks
@@ -280,9 +281,79 @@ def open_store(
             raise StoreError(
                 f"{path} holds no ingested shard yet; run `miningxr ingest` first or pass region=..."
             )
-        gslice = GridSlice.covering(zip(done.shard_row, done.shard_col, strict=True), layout.shard)
+        ids = set(zip(done.shard_row, done.shard_col, strict=True))
+        gslice = GridSlice.covering(ids, layout.shard)
+        cover = len(gslice.shard_ids(layout.shard))
+        if cover > SPARSE_FACTOR * len(ids):
+            n = len(sparse_cover(ids, layout.shard))
+            raise StoreError(
+                f"{path} holds {len(ids)} shard(s) in {n} separate region(s): their covering rectangle "
+                f"({gslice.shape[0]} x {gslice.shape[1]} px, {cover} shards) is mostly empty. Open the "
+                f"regions with miningxr.open_regions({str(path)!r}) (a DataTree, one node per region) "
+                "or pass region=..."
+            )
     else:
         gslice = as_slice(region, layout.chunk)
+    return _open_slice(path, layout, gslice, _held_years(path, layout, done, years), chunks)
+
+
+#: open_store without a region refuses a covering rectangle with this many times the shards that
+#: hold data: beyond it, reading the rectangle costs more than the data (open_regions instead)
+SPARSE_FACTOR = 2
+
+
+def store_regions(path: str | os.PathLike) -> list[GridSlice]:
+    """The store's imagery as disjoint rectangles of whole shards, exactly covering every shard
+    ingested (in any year): the regions :func:`open_regions` opens."""
+    layout = store_layout(path)
+    with Catalog(path, readonly=True) as cat:
+        done = cat.shards("landsat", state="done")
+    return sparse_cover(zip(done.shard_row, done.shard_col, strict=True), layout.shard)
+
+
+def region_name(gslice: GridSlice, shard: int) -> str:
+    """A region's name in :func:`open_regions`: its top-left shard, ``r<row>_c<col>``."""
+    return f"r{gslice.row0 // shard}_c{gslice.col0 // shard}"
+
+
+def open_regions(
+    path: str | os.PathLike, years: int | Sequence[int] | None = None, *, chunks: int | None = None
+) -> xr.DataTree:
+    """Open every region of a sparse store lazily: a DataTree with one node per region.
+
+    A store that holds places far apart (two countries, mines across a continent) has no useful
+    rectangle around them: it would be almost all empty. Each node here is the Dataset
+    :func:`open_store` returns for one rectangle of whole shards holding data
+    (:func:`store_regions`), on its own slice of the global grid, so the cost of every stage
+    grows with the area ingested, never with the distance between places.
+
+    Example
+    -------
+    >>> tree = open_regions("s.zarr")  # doctest: +SKIP
+    >>> [node.ds.sizes["x"] for node in tree.children.values()]  # doctest: +SKIP
+    [4096, 2048]
+    """
+    layout = store_layout(path)
+    with Catalog(path, readonly=True) as cat:
+        done = cat.shards("landsat", state="done")
+    if done.empty:
+        raise StoreError(f"{path} holds no ingested shard yet; run `miningxr ingest` first")
+    held = _held_years(path, layout, done, years)
+    regions = sparse_cover(zip(done.shard_row, done.shard_col, strict=True), layout.shard)
+    nodes = {}
+    for gslice in regions:
+        ds = _open_slice(path, layout, gslice, held, chunks)
+        ds.attrs["region"] = region_name(gslice, layout.shard)
+        nodes[ds.attrs["region"]] = ds
+    tree = xr.DataTree.from_dict(nodes)
+    tree.attrs.update(store=str(path), regions=len(nodes))
+    return tree
+
+
+def _held_years(
+    path: str | os.PathLike, layout: StoreLayout, done: Any, years: int | Sequence[int] | None
+) -> list[int]:
+    """The years to read: those asked for, each checked against what the store holds."""
     held = sorted({int(y) for y in done.year})
     years = as_years(held or layout.years) if years is None else as_years(years)
     bad = [y for y in years if not layout.first_year <= y <= layout.last_year]
@@ -297,6 +368,12 @@ def open_store(
             f"first (`miningxr ingest --store {path} ... --year {' '.join(map(str, lacking))}`) "
             "or pick a year it holds"
         )
+    return years
+
+
+def _open_slice(
+    path: str | os.PathLike, layout: StoreLayout, gslice: GridSlice, years: list[int], chunks: int | None
+) -> xr.Dataset:
     # chunks=None: lazily indexed backend arrays, so slicing builds no whole-globe graph
     ds = xr.open_zarr(path, chunks=None, consolidated=False, zarr_format=3, decode_coords="all")
     # each run of consecutive years as a slice: zarr reads an integer-array selection ~13x slower

@@ -104,3 +104,33 @@ def small_layout_config(tmp_path_factory):
     path = tmp_path_factory.mktemp("config") / "small.toml"
     path.write_text("[store]\nchunk = 256\nshard = 512\n")
     return path
+
+
+#: two places far apart (South Africa, Nevada), 2x2 shards of 512 px each
+TWO_PLACES = ((29.05, -25.95), (-116.0, 40.0))
+
+
+@pytest.fixture(scope="session")
+def two_regions(tmp_path_factory, client):
+    """A sparse store: two regions of 2x2 small shards on two continents, 2019 and 2020, with the
+    mining mask of the synthetic mines (2020 outlines)."""
+    import geopandas as gpd
+    import pandas as pd
+
+    from miningxr import ingest, write_mask
+    from miningxr.config import StoreLayout
+    from miningxr.sources.synthetic import mine_polygons
+
+    layout = StoreLayout(chunk=256, shard=512)
+    root = tmp_path_factory.mktemp("two")
+    path = root / "s.zarr"
+    regions = []
+    for lon, lat in TWO_PLACES:
+        r, c = Region.from_bbox((lon, lat, lon + 1e-4, lat + 1e-4)).slice(512).shard_ids(512)[0]
+        regions.append(GridSlice.covering([(r, c), (r + 1, c + 1)], 512))
+    for region in regions:
+        ingest(path, region, [2019, 2020], layout=layout, progress=False)
+    mines = gpd.GeoDataFrame(pd.concat([mine_polygons(r, 2020) for r in regions], ignore_index=True))
+    mines.to_file(root / "mines.gpkg", layer="mining_polygons")
+    write_mask(path, root / "mines.gpkg", progress=False)
+    return path, regions

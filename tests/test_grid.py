@@ -127,3 +127,12 @@ def test_intersection_is_the_common_part_and_within_cuts_it_out(a, b):
     assert common == GridSlice(min(rows), max(rows) + 1, min(cols), max(cols) + 1)
     cut = xr.Dataset(coords=a.coords()).isel(common.within(a))
     assert GridSlice.of_coords(cut) == common
+
+
+@given(st.sets(st.tuples(st.integers(0, 12), st.integers(0, 12)), min_size=1, max_size=60))
+def test_sparse_cover_is_disjoint_rectangles_whose_union_is_the_shards(ids):
+    from miningxr.grid import sparse_cover
+
+    rects = sparse_cover(ids, 512)
+    covered = [s for r in rects for s in r.shard_ids(512)]
+    assert len(covered) == len(set(covered)) and set(covered) == ids

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from miningxr import load_tile_index, open_store, training_dataset
-from miningxr.config import BANDS, TrainConfig
+from miningxr.config import BANDS, TileConfig, TrainConfig
 from miningxr.encoding import normalize
 from miningxr.errors import LoaderError
 from miningxr.loader import ChunkReader, _chunk_table, cut_tiles
@@ -87,9 +87,10 @@ def test_tiles_cut_from_a_scratch_read_survive_the_next_read(store):
     index = load_tile_index(store)
     reader = ChunkReader(str(store), int(index.attrs["year"]), BANDS, 64, 512)
     origins, flags = _chunk_table(index, 512, 64)
-    first = reader(int(origins[0][0]), int(origins[0][1]), flags[0])
-    reader(int(origins[1][0]), int(origins[1][1]), flags[1])  # overwrites this thread's scratch
-    img, lab, extent = reader.read(int(origins[0][0]), int(origins[0][1]))
+    (_, r0, c0), (_, r1, c1) = origins[0], origins[1]
+    first = reader(int(r0), int(c0), flags[0])
+    reader(int(r1), int(c1), flags[1])  # overwrites this thread's scratch
+    img, lab, extent = reader.read(int(r0), int(c0))
     fresh = cut_tiles(img, lab, flags[0], 64, extent=extent)
     np.testing.assert_array_equal(first[0], fresh[0])
     np.testing.assert_array_equal(first[1], fresh[1])
@@ -101,11 +102,7 @@ def test_a_pickled_reader_becomes_the_one_open_reader_of_its_process(store):
     reader = ChunkReader(str(store), int(load_tile_index(store).attrs["year"]), BANDS, 64, 1024)
     again = pickle.loads(pickle.dumps(reader))
     assert again is pickle.loads(pickle.dumps(reader))
-    assert (again.store, again.year_index, again.band_index) == (
-        reader.store,
-        reader.year_index,
-        reader.band_index,
-    )
+    assert (again.store, again.year, again.band_index) == (reader.store, reader.year, reader.band_index)
 
 
 @pytest.mark.parametrize("bands", [BANDS, ("nir", "red", "swir2")])
@@ -211,11 +208,11 @@ def test_a_store_layout_the_fast_reader_declines_is_read_through_zarr_alike(stor
     index = load_tile_index(store)
     origins, flags = _chunk_table(index, 1024, 64)
     fast = ChunkReader(str(store), int(index.attrs["year"]), ["swir1", "red"], 64, 1024)
-    want = [fast(int(o[0]), int(o[1]), f) for o, f in zip(origins, flags, strict=True)]
+    want = [fast(int(o[1]), int(o[2]), f, int(o[0])) for o, f in zip(origins, flags, strict=True)]
     monkeypatch.setattr(ShardReader, "for_array", classmethod(lambda cls, array: None))
     slow = ChunkReader(str(store), int(index.attrs["year"]), ["swir1", "red"], 64, 1024)
     for (o, f), (x, y) in zip(zip(origins, flags, strict=True), want, strict=True):
-        xs, ys = slow(int(o[0]), int(o[1]), f)
+        xs, ys = slow(int(o[1]), int(o[2]), f, int(o[0]))
         np.testing.assert_array_equal(xs, x)
         np.testing.assert_array_equal(ys, y)
 
@@ -259,3 +256,23 @@ def test_cut_tiles_equals_slicing_each_selected_tile_out_of_the_unit(case):
     if want_x:
         np.testing.assert_array_equal(x, np.stack(want_x))
         np.testing.assert_array_equal(y, np.stack(want_y).astype(np.uint8))
+
+
+def test_every_selected_year_and_tile_of_a_sparse_store_is_served_once_per_epoch(two_regions):
+    from miningxr import tile_index
+
+    path, _ = two_regions
+    index = tile_index(path, years=[2019, 2020], config=TileConfig(block_tiles=4), save=False)
+    test = index[(index.split == "test") & index.selected]
+    assert set(test.year) == {2019, 2020}
+    cfg = TrainConfig(batch_size=16)
+    ds = training_dataset(path, index, "test", config=cfg, shuffle=False, augment=False)
+    x = np.concatenate([b.numpy() for b, _ in ds])
+    assert len(x) == len(test)
+    # the two years of a place are different images (the same tile twice would pass the count)
+    in_memory = training_dataset(
+        path, index, "test", config=cfg, shuffle=False, augment=False, in_memory=True
+    )
+    np.testing.assert_array_equal(x, np.concatenate([b.numpy() for b, _ in in_memory]))
+    half = len(x) // 2
+    assert not np.array_equal(x[:half], x[half:])

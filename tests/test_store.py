@@ -89,3 +89,29 @@ def test_a_year_the_store_does_not_hold_is_refused_with_the_fix(store):
 def test_year_outside_the_store_is_refused(store):
     with pytest.raises(YearError, match="outside the store's years"):
         open_store(store, years=1950)
+
+
+def test_a_sparse_store_opens_region_by_region(two_regions):
+    from miningxr import open_regions, store_regions
+
+    path, regions = two_regions
+    assert sorted(store_regions(path), key=lambda s: s.row0) == sorted(regions, key=lambda s: s.row0)
+    tree = open_regions(path)
+    nodes = {name: node.to_dataset() for name, node in tree.children.items()}
+    assert len(nodes) == 2 and tree.attrs["regions"] == 2
+    for ds in nodes.values():
+        # each node is exactly its region, as open_store of that region gives it
+        assert GridSlice.of_coords(ds) in regions and ds.attrs["region"] in nodes
+        assert ds.sizes["y"] == ds.sizes["x"] == 1024 and ds.year.values.tolist() == [2019, 2020]
+        assert ds.landsat.notnull().all()
+        direct = open_store(path, region=GridSlice.of_coords(ds))
+        np.testing.assert_array_equal(
+            ds.landsat.isel(x=slice(0, 64)).values, direct.landsat.isel(x=slice(0, 64)).values
+        )
+
+
+def test_a_sparse_store_without_a_region_is_refused_with_the_way_to_open_it(two_regions):
+    path, _ = two_regions
+    with pytest.raises(StoreError, match=r"8 shard\(s\) in 2 separate region\(s\)") as info:
+        open_store(path)
+    assert "open_regions" in str(info.value) and "2 separate region(s)" in str(info.value)

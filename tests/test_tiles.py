@@ -91,3 +91,25 @@ def test_all_nodata_tiles_are_never_selected(tmp_path, client, shard_slice, poly
     empty = index.row0 < one.row0 + 256
     assert (index.valid_fraction[empty] == 0).all() and (index.valid_fraction[~empty] == 1).all()
     assert not index.selected[empty].any() and index.selected[~empty].any()
+
+
+def test_a_sparse_store_is_indexed_region_by_region_and_year_by_year(two_regions):
+    path, _ = two_regions
+    index = tile_index(path, years=[2019, 2020], config=TileConfig(block_tiles=4), save=False)
+    per_year = (1024 // 64) ** 2 * 2  # two regions of 1024x1024 px
+    assert len(index) == 2 * per_year and index.attrs["years"] == [2019, 2020]
+    assert sorted(index.groupby("year").size().tolist()) == [per_year, per_year]
+    assert set(index.country) == {"ZAF", "USA"} and index.region.nunique() == 2
+    # a place is in the same split in every year: nothing leaks across years
+    splits = index.groupby(["tile_row", "tile_col"]).split.nunique()
+    assert (splits == 1).all()
+    assert {"train", "val", "test"} <= set(index.split)
+    # the mask is the polygons' (one per store): the same for a place in both years
+    assert (index.groupby(["tile_row", "tile_col"]).mining_fraction.nunique() == 1).all()
+
+
+def test_years_the_store_lacks_are_refused(two_regions):
+    from miningxr import YearError
+
+    with pytest.raises(YearError, match=r"year\(s\) \[2018\] not in the store's years \[2019, 2020\]"):
+        tile_index(two_regions[0], years=[2018, 2019], save=False)

@@ -23,7 +23,7 @@ from . import errors
 from .config import BANDS, Config, PredictConfig, StoreLayout, SyntheticConfig, TileConfig, TrainConfig
 from .errors import *  # noqa: F403  (every error: the names in errors.__all__)
 from .evaluate import evaluate
-from .export import export
+from .export import export, export_store
 from .grid import GLOBAL_GEOBOX, GridSlice, Region
 from .ingest import ingest
 from .labels import mining_mask, read_polygons, write_mask
@@ -82,6 +82,7 @@ __all__ = [
     "build_unet",
     "evaluate",
     "export",
+    "export_store",
     "ingest",
     "load_tile_index",
     "mining_mask",

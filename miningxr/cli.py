@@ -22,7 +22,7 @@ from .cluster import dask_client
 from .config import Config, Loss, LrSchedule, TrainConfig
 from .errors import MiningxrError, UsageError
 from .evaluate import SPLITS, evaluate, plot_map, plot_tiles
-from .export import export
+from .export import export_store
 from .grid import Region, country_shards
 from .ingest import ingest
 from .jsonio import json_dumps
@@ -31,7 +31,7 @@ from .predict import open_predictions, predict, write_predictions
 from .shards import failures, status
 from .sources import SOURCES
 from .sources.stac import PRESETS
-from .store import check_output_folder, open_store, store_layout
+from .store import check_output_folder, open_regions, open_store, store_layout
 from .tiles import load_tile_index, tile_index
 
 log = logging.getLogger("miningxr")
@@ -207,9 +207,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict mining probability into a prediction Zarr")
     p.add_argument("--store", required=True)
     p.add_argument("--model", required=True, help="a .keras file from `miningxr train`")
-    p.add_argument("--out", required=True, help="the prediction Zarr (resumable)")
+    p.add_argument("--out", required=True, help="the prediction Zarr (resumable; adds years to one it holds)")
     _region_args(p, polygons=False)
-    p.add_argument("--year", type=int)
+    p.add_argument(
+        "--years",
+        "--year",
+        dest="years",
+        type=int,
+        nargs="+",
+        help="imagery years to predict (default: every year the store holds)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace predictions of another model in --out, or rewrite shards already done",
+    )
     p.add_argument("--overlap", type=int, help="pixels of overlap between tiles (default 16)")
     p.add_argument("--batch-size", type=int)
     _common(p)
@@ -405,11 +417,24 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    ds = open_store(args.store, region=_region(args), years=args.year)
-    prob = predict(ds, args.model, config=cfg.predict, overlap=args.overlap, batch_size=args.batch_size)
-    report = write_predictions(prob, args.out, scheduler=args.scheduler, progress=not args.quiet)
-    print(report)
-    return 0 if report.ok else 1
+    region = _region(args)
+    if region is not None:
+        cubes = [open_store(args.store, region=region, years=args.years)]
+    else:  # every region of a sparse store, each on its own slice of the grid
+        cubes = [node.to_dataset() for node in open_regions(args.store, years=args.years).children.values()]
+    probs = [
+        predict(ds, args.model, config=cfg.predict, overlap=args.overlap, batch_size=args.batch_size)
+        for ds in cubes
+    ]  # all checked before the first write
+    ok = True
+    for k, prob in enumerate(probs):
+        # --force replaces another model's store once, with the first region; then it is this model's
+        report = write_predictions(
+            prob, args.out, scheduler=args.scheduler, progress=not args.quiet, force=args.force and k == 0
+        )
+        print(report)
+        ok = ok and report.ok
+    return 0 if ok else 1
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -429,8 +454,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             polygons=polygons,
             out=out / "report.json",
         )
-        ds = open_store(args.store)
-        prob = open_predictions(args.predictions, ds)
+        # the pictures: the first region predicted, its latest year
+        region = next(iter(report["per_region"]))
+        ds = open_regions(args.store)[region].to_dataset()
+        prob = open_predictions(args.predictions, ds).isel(year=-1)
         index = load_tile_index(args.store)
         plot_tiles(ds, prob, index, out / "tiles.png", split=args.split if args.split != "all" else "test")
         plot_map(ds, prob, out / "map.png", index=index, threshold=args.threshold)
@@ -440,8 +467,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     with _cluster(args):
-        prob = open_predictions(args.predictions, open_store(args.store))
-        paths = export(prob, args.out, threshold=args.threshold)
+        paths = export_store(args.store, args.predictions, args.out, threshold=args.threshold)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0

@@ -91,7 +91,7 @@ def run_demo(args: argparse.Namespace) -> int:
             print(write_predictions(prob, pred_store, progress=progress))
         with _stage("evaluate", times):
             report = evaluate(store, pred_store, split="test", polygons=out / "mines.gpkg", index=index)
-            prob = open_predictions(pred_store, ds)
+            prob = open_predictions(pred_store, ds, year=args.year)
             plot_tiles(ds, prob, index, out / "tiles.png")
             plot_map(ds, prob, out / "map.png", index=index)
         with _stage("export", times):

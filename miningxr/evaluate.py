@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dask
 import dask.array as da
@@ -27,16 +27,13 @@ import xarray as xr
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .errors import EvaluateError
+from .errors import EvaluateError, StoreError
 from .grid import PIXEL_AREA_KM2, GridSlice
 from .jsonio import write_json
 from .labels import rasterize_blocks, read_polygons
 from .predict import open_predictions
-from .store import open_store
-from .tiles import load_tile_index
-
-if TYPE_CHECKING:
-    pass
+from .store import open_regions
+from .tiles import load_tile_index, tile_key
 
 #: the splits :func:`evaluate` scores: the tile index's three, or every predicted pixel
 SPLITS = ("train", "val", "test", "all")
@@ -44,19 +41,23 @@ SPLITS = ("train", "val", "test", "all")
 BINS = 1000
 
 
-def _split_mask(index, split: str, gslice: GridSlice, chunks) -> da.Array:
-    """Pixel mask of the split's tiles on the grid slice, lazily (tiles are upsampled per block)."""
+def _split_mask(index: Any, split: str, gslice: GridSlice, chunks: Any) -> da.Array:
+    """Pixel mask of the split's tiles on the grid slice, lazily: each block looks its tiles up
+    by key, so memory grows with the block, never with the slice."""
     t = int(index.attrs["config"]["tile_size"])
-    ny, nx = gslice.shape[0] // t, gslice.shape[1] // t
-    grid = np.zeros((ny, nx), bool)
-    sel = index[(index.split == split)]
-    r = (sel.row0.to_numpy() - gslice.row0) // t
-    c = (sel.col0.to_numpy() - gslice.col0) // t
-    ok = (r >= 0) & (r < ny) & (c >= 0) & (c < nx)
-    grid[r[ok], c[ok]] = True
-    full = np.zeros(gslice.shape, bool)
-    full[: ny * t, : nx * t] = np.repeat(np.repeat(grid, t, 0), t, 1)
-    return da.from_array(full, chunks=chunks)
+    sel = index[index.split == split]
+    keys = np.unique(tile_key(sel.tile_row.to_numpy(), sel.tile_col.to_numpy()))
+
+    def block(block_info: Any = None) -> np.ndarray:
+        (r0, r1), (c0, c1) = block_info[None]["array-location"]
+        rows = (gslice.row0 + np.arange(r0, r1)) // t
+        cols = (gslice.col0 + np.arange(c0, c1)) // t
+        ur, ri = np.unique(rows, return_inverse=True)
+        uc, ci = np.unique(cols, return_inverse=True)
+        member = np.isin(tile_key(ur[:, None], uc[None, :]), keys)
+        return member[ri[:, None], ci[None, :]]
+
+    return da.map_blocks(block, chunks=chunks, dtype=bool, meta=np.empty((0, 0), bool))
 
 
 def evaluate(
@@ -68,17 +69,21 @@ def evaluate(
     polygons: Any = None,
     index: Any = None,
     out: str | os.PathLike | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Dice, IoU, precision, recall, F1, AUC and per-polygon detection over one split.
+
+    A sparse store is scored region by region and every predicted year against the mask (the
+    polygons' year), so memory grows with a block, and time with the area predicted.
 
     Parameters
     ----------
     store
         The store holding the ``mining`` truth and tile index.
     predictions
-        A probability DataArray (from :func:`~miningxr.predict`) or the path of a prediction store.
+        The path of a prediction store, or a probability DataArray from
+        :func:`~miningxr.predict` (``(y, x)`` or ``(year, y, x)``).
     split
-        ``"train"``, ``"val"``, ``"test"`` or ``"all"`` (every ingested pixel).
+        ``"train"``, ``"val"``, ``"test"`` or ``"all"`` (every predicted pixel).
     polygons
         Mining polygons for per-polygon detection (a polygon counts as detected when at least half
         of its pixels in the split are predicted as mining).
@@ -88,25 +93,83 @@ def evaluate(
     Returns
     -------
     dict
-        Metrics, pixel counts, areas in km2 (true, predicted) and per-polygon detection.
+        Metrics over everything scored, pixel counts, areas in km2 (true, predicted),
+        per-polygon detection, and the same metrics ``per_year`` and ``per_region``.
     """
     if split not in SPLITS:
         raise EvaluateError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    ds = open_store(store)
+    gdf = read_polygons(polygons, require_columns=False) if polygons is not None else None
+    if split != "all" and index is None:
+        index = load_tile_index(store)
+    pieces = _pieces(store, predictions)
+    lazy = [_counts(pred, ds, split, threshold, index, gdf) for _, _, pred, ds in pieces]
+    counts = dask.compute(*lazy)
+    total = _sum(counts)
+    if total["pixels"] == 0:
+        where = ", ".join(sorted({f"{name} {GridSlice.of_coords(p).describe()}" for name, _, p, _ in pieces}))
+        raise EvaluateError(
+            f"no pixel to score: the {split!r} split has no predicted pixel in {where} (predictions "
+            "over another region or year, or all no-data). Predict the store's region, or evaluate "
+            "another --split"
+        )
+    report: dict[str, Any] = {"split": split, "threshold": threshold, **_metrics(total)}
+    report["per_year"] = {
+        str(y): _metrics(_sum([c for (_, yy, _, _), c in zip(pieces, counts, strict=True) if yy == y]))
+        for y in sorted({y for _, y, _, _ in pieces})
+    }
+    report["per_region"] = {
+        name: _metrics(_sum([c for (n, _, _, _), c in zip(pieces, counts, strict=True) if n == name]))
+        for name in sorted({n for n, _, _, _ in pieces})
+    }
+    if out is not None:
+        write_json(report, out)
+    return report
+
+
+def _pieces(store: str | os.PathLike, predictions: Any) -> list[tuple[str, int, xr.DataArray, xr.Dataset]]:
+    """(region, year, prediction, store Dataset) for every region and year predicted."""
+    regions = [node.to_dataset() for node in open_regions(store).children.values()]
+    pieces = []
     if isinstance(predictions, (str, os.PathLike)):
-        pred = open_predictions(predictions, ds)
-    else:
-        # only the pixel grid matters here: a scalar `year` left by predict must not clash with
-        # the store's year axis
-        pred = predictions.reset_coords(drop=True)
-        have, want = GridSlice.of_coords(pred), GridSlice.of_coords(ds)
+        first_error = None
+        for ds in regions:
+            try:
+                pred = open_predictions(predictions, ds)
+            except StoreError as e:  # a region of the store not predicted (yet)
+                first_error = first_error or e
+                continue
+            pieces += [(ds.attrs["region"], int(y), pred.sel(year=y), ds) for y in pred.year.values]
+        if not pieces and first_error is not None:
+            raise first_error
+        return pieces
+    pred = predictions if "year" in predictions.dims else predictions.expand_dims("year")
+    pred = pred.reset_coords(drop=True) if "year" in pred.coords else pred
+    have = GridSlice.of_coords(pred)
+    years = (
+        [int(y) for y in predictions.year.values]
+        if "year" in predictions.coords
+        else [0] * pred.sizes["year"]
+    )
+    for ds in regions:
+        want = GridSlice.of_coords(ds)
         common = have.intersection(want)
         if common is None:
-            raise EvaluateError(
-                f"the predictions cover {have.describe()}, the store {store} covers "
-                f"{want.describe()}: they do not overlap. Predict the store's region"
-            )
-        pred, ds = pred.isel(common.within(have)), ds.isel(common.within(want))
+            continue
+        part, truth = pred.isel(common.within(have)), ds.isel(common.within(want))
+        pieces += [(ds.attrs["region"], y, part.isel(year=k), truth) for k, y in enumerate(years)]
+    if not pieces:
+        where = ", ".join(GridSlice.of_coords(ds).describe() for ds in regions)
+        raise EvaluateError(
+            f"the predictions cover {have.describe()}, the store {store} covers {where}: they do not "
+            "overlap. Predict the store's region"
+        )
+    return pieces
+
+
+def _counts(
+    pred: xr.DataArray, ds: xr.Dataset, split: str, threshold: float, index: Any, gdf: Any
+) -> dict[str, Any]:
+    """Lazy confusion counts, probability histograms and polygon detection of one 2-D piece."""
     gslice = GridSlice.of_coords(pred)
     chunks = pred.data.chunks if pred.chunks else ((gslice.shape[0],), (gslice.shape[1],))
     truth = ds["mining"].data.rechunk(chunks) > 0
@@ -114,37 +177,38 @@ def evaluate(
     if split == "all":
         where = da.ones(gslice.shape, dtype=bool, chunks=chunks)
     else:
-        index = load_tile_index(store) if index is None else index
         where = _split_mask(index, split, gslice, chunks)
     where = where & da.isfinite(prob)
     hit = prob >= threshold
-    tp = (hit & truth & where).sum()
-    fp = (hit & ~truth & where).sum()
-    fn = (~hit & truth & where).sum()
-    tn = (~hit & ~truth & where).sum()
     bins = np.clip((da.nan_to_num(prob) * BINS).astype(np.int64), 0, BINS - 1)
-    hpos = da.bincount(da.where(truth & where, bins, BINS).ravel(), minlength=BINS + 1)
-    hneg = da.bincount(da.where(~truth & where, bins, BINS).ravel(), minlength=BINS + 1)
-    det = None
-    if polygons is not None:
-        gdf = read_polygons(polygons, require_columns=False)
+    counts: dict[str, Any] = {
+        "tp": (hit & truth & where).sum(),
+        "fp": (hit & ~truth & where).sum(),
+        "fn": (~hit & truth & where).sum(),
+        "tn": (~hit & ~truth & where).sum(),
+        "hpos": da.bincount(da.where(truth & where, bins, BINS).ravel(), minlength=BINS + 1),
+        "hneg": da.bincount(da.where(~truth & where, bins, BINS).ravel(), minlength=BINS + 1),
+    }
+    if gdf is not None:
         ids = rasterize_blocks(gslice, gdf, chunks[0], chunks[1], values=np.arange(1, len(gdf) + 1))
         ids = da.where(where, ids, 0).ravel()
-        det = (
-            da.bincount(ids, minlength=len(gdf) + 1),
-            da.bincount(ids, weights=hit.ravel(), minlength=len(gdf) + 1),
-        )
-    tp, fp, fn, tn, hpos, hneg, det = dask.compute(tp, fp, fn, tn, hpos, hneg, det)
-    tp, fp, fn, tn = (int(v) for v in (tp, fp, fn, tn))
-    if tp + fp + fn + tn == 0:
-        raise EvaluateError(
-            f"no pixel to score: the {split!r} split has no predicted pixel in "
-            f"{gslice.describe()} (predictions over another region or year, or "
-            "all no-data). Predict the store's region, or evaluate another --split"
-        )
-    report: dict[str, Any] = {
-        "split": split,
-        "threshold": threshold,
+        counts["polygon_pixels"] = da.bincount(ids, minlength=len(gdf) + 1)
+        counts["polygon_hits"] = da.bincount(ids, weights=hit.ravel(), minlength=len(gdf) + 1)
+    return counts
+
+
+def _sum(counts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    total: dict[str, Any] = {}
+    for c in counts:
+        for k, v in c.items():
+            total[k] = total[k] + v if k in total else v
+    total["pixels"] = int(sum(int(total.get(k, 0)) for k in ("tp", "fp", "fn", "tn")))
+    return total
+
+
+def _metrics(c: dict[str, Any]) -> dict[str, Any]:
+    tp, fp, fn, tn = (int(c[k]) for k in ("tp", "fp", "fn", "tn"))
+    out: dict[str, Any] = {
         "pixels": tp + fp + fn + tn,
         "tp": tp,
         "fp": fp,
@@ -154,21 +218,19 @@ def evaluate(
         "dice": _div(2 * tp, 2 * tp + fp + fn),
         "precision": _div(tp, tp + fp),
         "recall": _div(tp, tp + fn),
-        "auc": _auc(hpos[:BINS], hneg[:BINS]),
+        "auc": _auc(c["hpos"][:BINS], c["hneg"][:BINS]),
         "area_true_km2": (tp + fn) * PIXEL_AREA_KM2,
         "area_predicted_km2": (tp + fp) * PIXEL_AREA_KM2,
     }
-    report["f1"] = report["dice"]
-    if det is not None:
-        total, found = det
+    out["f1"] = out["dice"]
+    if "polygon_pixels" in c:
+        total, found = c["polygon_pixels"], c["polygon_hits"]
         present = np.flatnonzero(total[1:] > 0)
         frac = found[1:][present] / total[1:][present]
-        report["polygons_in_split"] = len(present)
-        report["polygons_detected"] = int((frac >= 0.5).sum())
-        report["polygon_detection_rate"] = _div(int((frac >= 0.5).sum()), len(present))
-    if out is not None:
-        write_json(report, out)
-    return report
+        out["polygons_in_split"] = len(present)
+        out["polygons_detected"] = int((frac >= 0.5).sum())
+        out["polygon_detection_rate"] = _div(int((frac >= 0.5).sum()), len(present))
+    return out
 
 
 def _div(a: float, b: float) -> float:
@@ -186,6 +248,16 @@ def _auc(hpos: np.ndarray, hneg: np.ndarray) -> float:
 
 
 # --------------------------------------------------------------------------- plots
+
+
+def _year_of(ds: xr.Dataset, prob: xr.DataArray) -> xr.DataArray:
+    """The imagery of the year the prediction is of (the latest when it does not say)."""
+    img = ds["landsat"]
+    if "year" not in img.dims:
+        return img
+    if "year" in prob.coords and prob.coords["year"].ndim == 0 and int(prob.year) in img.year.values:
+        return img.sel(year=int(prob.year))
+    return img.isel(year=-1)
 
 
 def false_colour(landsat: xr.DataArray, bands: Sequence[str] = ("swir2", "nir", "red")) -> np.ndarray:
@@ -219,7 +291,7 @@ def plot_tiles(
     if cand.empty:
         cand = index[index.split == split]
     pick = cand.sample(min(n, len(cand)), random_state=seed)
-    img = ds["landsat"].isel(year=-1) if "year" in ds["landsat"].dims else ds["landsat"]
+    img = _year_of(ds, prob)
     # a Figure of its own, not pyplot's: no global state, no GUI backend, safe in threads
     fig = Figure(figsize=(10, 2.5 * len(pick)))
     axes = fig.subplots(len(pick), 4, squeeze=False)
@@ -254,7 +326,7 @@ def plot_map(
 ) -> Path:
     """PNG map of the whole region: false colour, truth outline, predicted mining, test tiles."""
     f = max(1, int(np.ceil(max(prob.shape) / max_pixels)))
-    img = ds["landsat"].isel(year=-1) if "year" in ds["landsat"].dims else ds["landsat"]
+    img = _year_of(ds, prob)
     small = img.coarsen(y=f, x=f, boundary="trim").mean().compute()
     p = prob.coarsen(y=f, x=f, boundary="trim").mean().compute()
     truth = (ds["mining"] > 0).coarsen(y=f, x=f, boundary="trim").mean().compute()

@@ -15,6 +15,7 @@ from typing import Any
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 from rasterio import features
@@ -24,7 +25,8 @@ from .encoding import MASK_ATTRS
 from .errors import StoreError
 from .grid import CRS_GRID, PIXEL_AREA_KM2, RESOLUTION, GridSlice
 from .labels import valid_polygons
-from .store import check_output_folder
+from .predict import open_predictions
+from .store import check_output_folder, open_regions
 
 #: the mask GeoTIFF's nodata: pixels without a prediction (no imagery) are neither 0 nor 1
 MASK_NODATA = 255
@@ -67,46 +69,97 @@ def mine_polygons_from(prob: xr.DataArray, threshold: float = 0.5, min_pixels: i
 
 
 def export(
-    prob: xr.DataArray, out_dir: str | os.PathLike, *, threshold: float = 0.5, min_pixels: int = 4
+    prob: xr.DataArray,
+    out_dir: str | os.PathLike,
+    *,
+    threshold: float = 0.5,
+    min_pixels: int = 4,
+    region: str | None = None,
 ) -> dict[str, Path]:
     """Write probability and mask COGs and a GeoPackage of predicted mine polygons.
 
     Parameters
     ----------
     prob
-        ``mining_probability`` from :func:`~miningxr.predict` (or read from a prediction store).
+        ``mining_probability`` from :func:`~miningxr.predict` or
+        :func:`~miningxr.open_predictions`: ``(y, x)``, or ``(year, y, x)`` for one COG per year.
     out_dir
-        Folder for ``mining_probability.tif``, ``mining_mask.tif`` and ``mining_predicted.gpkg``.
+        Folder for ``mining_probability[_REGION][_YEAR].tif``, ``mining_mask[...].tif`` and
+        ``mining_predicted.gpkg`` (with ``year`` and ``region`` columns).
     threshold
         Probability at or above which a pixel counts as mining.
     min_pixels
         Smaller predicted patches are left out of the GeoPackage.
+    region
+        A name for the region, put in the file names and the GeoPackage.
 
     Returns
     -------
     dict
-        Paths by kind: ``probability``, ``mask``, ``polygons``.
+        Paths by kind and suffix: ``probability[_REGION][_YEAR]``, ``mask[...]``, ``polygons``.
     """
-    out = Path(out_dir)
+    return _export([(region, prob)], Path(out_dir), threshold, min_pixels)
+
+
+def export_store(
+    store: str | os.PathLike,
+    predictions: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    threshold: float = 0.5,
+    min_pixels: int = 4,
+) -> dict[str, Path]:
+    """:func:`export` every region and year of a sparse store that has predictions: one COG per
+    region and year, and one GeoPackage of every predicted mine with its region and year."""
+    pieces, first_error = [], None
+    for node in open_regions(store).children.values():
+        ds = node.to_dataset()
+        try:
+            pieces.append((ds.attrs["region"], open_predictions(predictions, ds)))
+        except StoreError as e:  # a region not predicted (yet)
+            first_error = first_error or e
+    if not pieces and first_error is not None:
+        raise first_error
+    return _export(pieces, Path(out_dir), threshold, min_pixels)
+
+
+def _export(
+    pieces: list[tuple[str | None, xr.DataArray]], out: Path, threshold: float, min_pixels: int
+) -> dict[str, Path]:
     check_output_folder(out, holds="the GeoTIFFs and the GeoPackage")
-    prob = prob.compute()
-    if not np.isfinite(prob.values).any():
+    layers = []
+    for region, prob in pieces:
+        years = [int(y) for y in prob.year.values] if "year" in prob.dims else [None]
+        for year in years:
+            one = prob.sel(year=year) if year is not None else prob
+            if year is None and "year" in one.coords and one.coords["year"].ndim == 0:
+                year = int(one.coords["year"])
+            layers.append((region, year, one.compute()))
+    empty = [layer for layer in layers if not np.isfinite(layer[2].values).any()]
+    if len(empty) == len(layers):
         raise StoreError(
-            f"the predictions hold no value over {GridSlice.of_coords(prob).describe()}: "
+            f"the predictions hold no value over {GridSlice.of_coords(layers[0][2]).describe()}: "
             "nothing to export (predictions of another region or year?). Predict this "
             "region first, or export the region the predictions cover"
         )
     out.mkdir(parents=True, exist_ok=True)
-    mask = xr.where(prob.isnull(), MASK_NODATA, prob >= threshold).astype(np.uint8).rename("mining")
-    mask.attrs.update(MASK_ATTRS)
-    paths = {
-        "probability": to_cog(prob.astype(np.float32), out / "mining_probability.tif", nodata=np.nan),
-        "mask": to_cog(mask, out / "mining_mask.tif", nodata=MASK_NODATA),
-    }
-    gdf = mine_polygons_from(prob, threshold, min_pixels)
+    paths: dict[str, Path] = {}
+    polygons = []
+    for region, year, prob in layers:
+        if not np.isfinite(prob.values).any():
+            continue  # a region predicted in other years only
+        suffix = "".join(f"_{part}" for part in (region, year) if part is not None)
+        mask = xr.where(prob.isnull(), MASK_NODATA, prob >= threshold).astype(np.uint8).rename("mining")
+        mask.attrs.update(MASK_ATTRS)
+        paths[f"probability{suffix}"] = to_cog(
+            prob.astype(np.float32), out / f"mining_probability{suffix}.tif", nodata=np.nan
+        )
+        paths[f"mask{suffix}"] = to_cog(mask, out / f"mining_mask{suffix}.tif", nodata=MASK_NODATA)
+        gdf = mine_polygons_from(prob, threshold, min_pixels)
+        polygons.append(gdf.assign(year=year if year is not None else -1, region=region or ""))
     path = out / "mining_predicted.gpkg"
     if path.exists():
         path.unlink()
-    gdf.to_file(path, layer="mining_predicted", driver="GPKG")
+    pd.concat(polygons, ignore_index=True).to_file(path, layer="mining_predicted", driver="GPKG")
     paths["polygons"] = path
     return paths

@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import hashlib
 import os
+import shutil
 import time
 from pathlib import Path
 from types import ModuleType
@@ -32,8 +33,8 @@ import xarray as xr
 import zarr
 from zarr.codecs import ZstdCodec
 
-from .catalog import NO_YEAR, Catalog
-from .config import PredictConfig
+from .catalog import Catalog
+from .config import PredictConfig, StoreLayout
 from .encoding import FILL_VALUE, GRID_MAPPING_ATTRS, normalize
 from .errors import ModelFileError, ModelMismatchError, StoreError, YearError
 from .grid import GLOBAL_SHAPE, GridSlice
@@ -170,7 +171,8 @@ def predict(
     config
         Tile overlap and tiles per model call (:class:`~miningxr.config.PredictConfig`).
     year
-        Which year to predict when the cube holds several (default: the only or the last one).
+        Predict only this year of the cube. By default every year: a cube of several years
+        gives ``(year, y, x)``, one of a single year ``(y, x)`` with a scalar ``year``.
     overlap, batch_size
         Override those fields of ``config``: pixels by which neighbouring tiles overlap (their
         predictions are blended), and tiles per model call.
@@ -178,8 +180,8 @@ def predict(
     Returns
     -------
     xarray.DataArray
-        ``mining_probability`` float32 ``(y, x)`` with exactly the input's ``x``/``y``
-        coordinates, ``spatial_ref`` and chunks.
+        ``mining_probability`` float32 ``(y, x)`` or ``(year, y, x)`` with exactly the input's
+        ``x``/``y`` coordinates, ``spatial_ref`` and chunks.
     """
     cfg = config or PredictConfig()
     changes = {k: v for k, v in (("overlap", overlap), ("batch_size", batch_size)) if v is not None}
@@ -193,7 +195,10 @@ def predict(
                 f"year {year} is not in the cube, which holds {held}; open the store "
                 "with that year (open_store(..., years=...)) or pick one of these"
             )
-        arr = arr.sel(year=int(year) if year is not None else held[-1])
+        if year is None and len(held) > 1:
+            each = [predict(arr.sel(year=y), model, config=cfg) for y in held]
+            return xr.concat(each, dim="year", coords="minimal", compat="override", combine_attrs="override")
+        arr = arr.sel(year=int(year) if year is not None else held[0])
     check_compatible(model, arr)
     m = _resolve(model)
     spec = _spec(m)
@@ -269,6 +274,7 @@ def predict(
         grid_mapping="spatial_ref",
         overlap=overlap,
         tile_size=t,
+        bands=list(spec.bands),
         model=str(model) if isinstance(model, (str, os.PathLike)) else m.name,
     )
     return out
@@ -285,46 +291,82 @@ def _min_chunks(chunks: tuple[int, ...], depth: int) -> tuple[int, ...]:
 
 
 def write_predictions(
-    pred: xr.DataArray, path: str | os.PathLike, *, progress: bool = True, scheduler: str | None = None
+    pred: xr.DataArray,
+    path: str | os.PathLike,
+    *,
+    progress: bool = True,
+    scheduler: str | None = None,
+    force: bool = False,
 ) -> IngestReport:
-    """Write a prediction into a Zarr store aligned to its input, one shard-sized task at a time.
+    """Write predictions into a prediction store aligned to their input, one shard per task.
 
-    The store is a global store of the same layout as the input's, so predictions of several
-    regions land in one place and read back with :func:`~miningxr.open_store`-like slicing. Its
+    The store is global, sparse and has a year axis, as the imagery store does: predictions of
+    several regions and years land in one place, and predicting another year into it adds that
+    year. It records the model (file checksum, bands, tile size) and refuses predictions of
+    another model, unless ``force`` replaces the store's predictions with the new model's. Its
     catalog records the shards done, so an interrupted write resumes. Returns an
     :class:`~miningxr.shards.IngestReport`.
+
+    Example
+    -------
+    >>> write_predictions(predict(open_store("s.zarr", years=[2019, 2020]), "m.keras"), "p.zarr")  # doctest: +SKIP
     """
     t0 = time.perf_counter()
     path = Path(path)
     gslice = GridSlice.of_coords(pred)
-    chunk = int(max(pred.chunks[0])) if pred.chunks else 512
+    if "year" in pred.dims:
+        years, data = [int(y) for y in pred.year.values], pred.transpose("year", "y", "x").data
+    elif "year" in pred.coords:
+        years, data = [int(pred.coords["year"])], pred.data[None]
+    else:
+        raise YearError("the predictions carry no year; predict a cube from open_store or open_landsat")
+    layout = StoreLayout()
+    bad = [y for y in years if not layout.first_year <= y <= layout.last_year]
+    if bad:
+        raise YearError(
+            f"year(s) {bad} outside the years a prediction store holds, "
+            f"{layout.first_year}-{layout.last_year}"
+        )
+    chunk = int(max(pred.chunks[-2])) if pred.chunks else 512
     shard = 2048 if 2048 % chunk == 0 else chunk
-    year = int(pred.coords["year"]) if "year" in pred.coords and pred.coords["year"].ndim == 0 else None
-    model = _model_identity(pred.attrs.get("model"))
-    _check_prediction_store(path, year, model)
+    model = _model_record(pred.attrs)
+    if _check_prediction_store(path, model, force):
+        shutil.rmtree(path)  # --force with another model: its predictions are replaced, not mixed
 
     def build(tmp: Path) -> None:
-        global_template().to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False)
+        template = global_template(year=("year", np.asarray(layout.years, dtype=np.int32)))
+        template.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False)
         root = zarr.open_group(tmp, mode="r+", zarr_format=3)
+        attrs = {k: v for k, v in pred.attrs.items() if k != "model"}
         root.create_array(
             "mining_probability",
-            shape=GLOBAL_SHAPE,
+            shape=(len(layout.years), *GLOBAL_SHAPE),
             dtype="float32",
-            chunks=(chunk, chunk),
-            shards=(shard, shard),
+            chunks=(1, chunk, chunk),
+            shards=(1, shard, shard),
             fill_value=np.nan,
             compressors=ZstdCodec(level=3),
-            dimension_names=("y", "x"),
-            attributes={**pred.attrs, **GRID_MAPPING_ATTRS, **({"year": year} if year is not None else {})},
+            dimension_names=("year", "y", "x"),
+            attributes={**attrs, **GRID_MAPPING_ATTRS},
         )
-        root.attrs["miningxr_predictions"] = {"shard": shard, "chunk": chunk, "year": year, "model": model}
+        root.attrs["miningxr_predictions"] = {
+            "version": PREDICTIONS_VERSION,
+            "shard": shard,
+            "chunk": chunk,
+            "first_year": layout.first_year,
+            "last_year": layout.last_year,
+            "model": model,
+        }
 
     if not (path / "zarr.json").exists():
         create_atomically(path, build)  # False: a concurrent writer made it first; use theirs
-    shard = int(_prediction_meta(path)["shard"])
-    keys = [(NO_YEAR, r, c) for r, c in gslice.shard_ids(shard)]
+    meta = _prediction_meta(path)
+    shard = int(meta["shard"])
+    keys = [(y, r, c) for y in years for r, c in gslice.shard_ids(shard)]
     report = IngestReport(store=str(path), planned=len(keys))
-    task = shard_writer(path, "mining_probability", pred.data, gslice, shard)
+    task = shard_writer(
+        path, "mining_probability", data, gslice, shard, years=years, first_year=int(meta["first_year"])
+    )
     run_shards(
         path,
         "mining_probability",
@@ -335,35 +377,40 @@ def write_predictions(
         desc="predict",
         scheduler=scheduler,
         progress=progress,
+        force=force,
     )
     report.seconds = time.perf_counter() - t0
     return report
 
 
-def _check_prediction_store(path: Path, year: int | None, model: str | None) -> None:
+#: the layout of prediction stores this miningxr writes: 2 has a year axis
+PREDICTIONS_VERSION = 2
+
+
+def _check_prediction_store(path: Path, model: dict[str, Any], force: bool) -> bool:
     """Refuse, before any write, a file in the way, a folder we cannot write, or a prediction
-    store of another year or model (it has no year axis: mixing them would mislabel values)."""
+    store of another model; True when ``force`` is to replace that store's predictions."""
     if path.exists() and not path.is_dir():
         raise StoreError(
             f"{path} is a file, not a prediction store; give --out a new or existing "
             "prediction store folder (e.g. pred.zarr)"
         )
     if (path / "zarr.json").exists():
-        have = _prediction_meta(path, what="use another --out")
-        if have.get("year") != year:
+        have = _prediction_meta(path, what="use another --out")["model"]
+        if have != model:
+            if force:
+                return True
             raise StoreError(
-                f"{path} holds predictions of year {have.get('year')}, not {year}; a "
-                "prediction store holds one year: write this one to another --out"
+                f"{path} holds predictions of model {have.get('identity')} (bands {have.get('bands')}, "
+                f"{have.get('tile_size')} px tiles), not {model['identity']} (bands {model['bands']}, "
+                f"{model['tile_size']} px tiles): write this model's predictions to another --out, or "
+                "replace them with --force (force=True)"
             )
-        if have.get("model") != model:
-            raise StoreError(
-                f"{path} holds predictions of model {have.get('model')}, not {model}; "
-                "write this model's predictions to another --out"
-            )
-    elif path.exists() and any(path.iterdir()):
+        return False
+    if path.exists() and any(path.iterdir()):
         raise StoreError(f"{path} exists and is not a prediction store; choose an empty or new --out")
-    else:
-        check_writable_folder(path.parent, what=f"the prediction store {path}")
+    check_writable_folder(path.parent, what=f"the prediction store {path}")
+    return False
 
 
 def _prediction_meta(path: Path, what: str = "write one with `miningxr predict`") -> dict[str, Any]:
@@ -375,21 +422,26 @@ def _prediction_meta(path: Path, what: str = "write one with `miningxr predict`"
     meta = zarr.open_group(str(path), mode="r").attrs.get("miningxr_predictions")
     if not isinstance(meta, dict):
         raise StoreError(f"{path} is a Zarr store but not a miningxr prediction store; {what}")
+    if meta.get("version") != PREDICTIONS_VERSION:
+        raise StoreError(
+            f"{path} is a prediction store of an older miningxr, without a year axis; "
+            "predict again into a new --out (or delete it)"
+        )
     return meta
 
 
-def _model_identity(model: Any) -> str | None:
-    """What names a model across runs: the sha256 of its file when it is one, else its name."""
-    if model is None:
-        return None
+def _model_record(attrs: dict[str, Any]) -> dict[str, Any]:
+    """What names a model across runs: the sha256 of its file (else its name), bands, tile size."""
+    model = attrs.get("model")
+    identity = str(model)
     p = Path(str(model))
-    if p.is_file():
+    if model is not None and p.is_file():
         h = hashlib.sha256()
         with open(p, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
-        return f"{p.name} sha256:{h.hexdigest()[:16]}"
-    return str(model)
+        identity = f"{p.name} sha256:{h.hexdigest()[:16]}"
+    return {"identity": identity, "bands": list(attrs.get("bands", [])), "tile_size": attrs.get("tile_size")}
 
 
 def predicted_extent(path: str | os.PathLike) -> GridSlice | None:
@@ -402,22 +454,44 @@ def predicted_extent(path: str | os.PathLike) -> GridSlice | None:
     return GridSlice.covering(zip(done.shard_row, done.shard_col, strict=True), int(meta["shard"]))
 
 
-def open_predictions(path: str | os.PathLike, like: xr.Dataset | xr.DataArray) -> xr.DataArray:
-    """Read predictions for exactly the grid slice of ``like``.
+def open_predictions(
+    path: str | os.PathLike, like: xr.Dataset | xr.DataArray, *, year: int | None = None
+) -> xr.DataArray:
+    """Read predictions for exactly the grid slice of ``like``: ``(year, y, x)``, every year the
+    store holds, or ``(y, x)`` of ``year``.
 
     Refuses, naming both extents, a prediction store that holds nothing over that slice.
     """
+    meta = _prediction_meta(Path(path))
     gslice = GridSlice.of_coords(like)
-    have = predicted_extent(path)
-    if have is None or have.intersection(gslice) is None:
+    with Catalog(path, readonly=True) as cat:
+        done = cat.shards("mining_probability", state="done")
+    shard = int(meta["shard"])
+    mine = done[
+        [
+            GridSlice.of_shard((r, c), shard).intersection(gslice) is not None
+            for r, c in zip(done.shard_row, done.shard_col, strict=True)
+        ]
+    ]
+    if mine.empty:
+        have = predicted_extent(path)
         raise StoreError(
             f"the predictions in {path} do not cover the data asked for: they cover "
             f"{have.describe() if have else 'nothing yet'}, the data {gslice.describe()}. "
             "Predict this region (`miningxr predict --store ... --out ...`) or pass the "
             "store and region the predictions were made for"
         )
+    held = sorted({int(y) for y in mine.year})
+    if year is not None and int(year) not in held:
+        raise YearError(
+            f"the predictions in {path} hold year(s) {held} there, not {year}; predict it "
+            f"(`miningxr predict ... --years {year}`) or pick one of these"
+        )
     ds = xr.open_zarr(path, chunks=None, consolidated=False, zarr_format=3, decode_coords="all")
     out = ds["mining_probability"].isel(y=gslice.rows, x=gslice.cols)
     out = out.assign_coords(spatial_ref=gslice.coords()["spatial_ref"])
     chunks = like.chunksizes if like.chunks is not None else {}
-    return out.chunk({"y": chunks.get("y", (512,))[0], "x": chunks.get("x", (512,))[0]})
+    out = out.sel(year=held).chunk(
+        {"year": 1, "y": chunks.get("y", (512,))[0], "x": chunks.get("x", (512,))[0]}
+    )
+    return out.sel(year=int(year)) if year is not None else out

@@ -72,16 +72,18 @@ def shard_writer(
 ) -> MakeTask:
     """The task builder for writing ``data`` into ``variable`` of ``store``, one shard per task.
 
-    ``data`` lies on ``cover``: ``(y, x)``, or ``(year, band, y, x)`` with the given ``years``
-    (stored at ``year - first_year`` on the variable's year axis). It is rechunked so that each
+    ``data`` lies on ``cover``: ``(y, x)``, or ``(year, ..., y, x)`` (``(year, band, y, x)``
+    imagery, ``(year, y, x)`` predictions) with the given ``years``, stored at
+    ``year - first_year`` on the variable's year axis. It is rechunked so that each
     block is the part of one shard; the task for key ``(year, shard_row, shard_col)`` computes
     that block and writes it.
     """
     row_edges = block_edges(cover.row0, cover.row1, shard)
     col_edges = block_edges(cover.col0, cover.col1, shard)
     space = cover.block_chunks(shard)
-    yearly = years is not None
-    blocks = data.rechunk((1, data.shape[1], *space) if yearly else space).to_delayed()
+    middle = data.shape[1:-2] if years is not None else ()  # the band axis of imagery
+    lead = (1, *middle) if years is not None else ()
+    blocks = data.rechunk((*lead, *space)).to_delayed()
     path = str(store)
 
     def task(key: ShardKey) -> Delayed:
@@ -92,11 +94,10 @@ def shard_writer(
             slice(row_edges[i], row_edges[i + 1]),
             slice(col_edges[j], col_edges[j + 1]),
         )
-        if yearly:
-            assert years is not None
+        if years is not None:
             at = year - first_year
-            index = (slice(at, at + 1), slice(None), *index)
-            block = blocks[years.index(year), 0, i, j]
+            index = (slice(at, at + 1), *(slice(None) for _ in middle), *index)
+            block = blocks[(years.index(year), *(0 for _ in middle), i, j)]
         else:
             block = blocks[i, j]
         return dask.delayed(write_block, pure=False)(path, variable, index, block)

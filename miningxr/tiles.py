@@ -226,14 +226,14 @@ def _split(df: pd.DataFrame, cfg: TileConfig) -> np.ndarray:
     split = np.array([assign[blk] for blk in block])
     # guard band: drop tiles that have a tile of another split within buffer_tiles, looked up by
     # key (no dense grid: two regions far apart cost what their tiles cost)
-    keys = _tile_key(df.tile_row.to_numpy(), df.tile_col.to_numpy())
+    keys = tile_key(df.tile_row.to_numpy(), df.tile_col.to_numpy())
     order = np.argsort(keys)
     sorted_keys, sorted_split = keys[order], split[order]
     keep = np.ones(len(df), bool)
     r = cfg.buffer_tiles
     for dy in range(-r, r + 1):
         for dx in range(-r, r + 1):
-            nk = _tile_key(df.tile_row.to_numpy() + dy, df.tile_col.to_numpy() + dx)
+            nk = tile_key(df.tile_row.to_numpy() + dy, df.tile_col.to_numpy() + dx)
             at = np.minimum(np.searchsorted(sorted_keys, nk), len(keys) - 1)
             found = sorted_keys[at] == nk
             keep &= ~found | (sorted_split[at] == split)
@@ -242,7 +242,7 @@ def _split(df: pd.DataFrame, cfg: TileConfig) -> np.ndarray:
     return names
 
 
-def _tile_key(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+def tile_key(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """One int64 per tile position (tile indices are below 2**20 on the global grid)."""
     return (rows.astype(np.int64) + 1) * (1 << 24) + (cols.astype(np.int64) + 1)
 

@@ -134,3 +134,45 @@ def two_regions(tmp_path_factory, client):
     mines.to_file(root / "mines.gpkg", layer="mining_polygons")
     write_mask(path, root / "mines.gpkg", progress=False)
     return path, regions
+
+
+@pytest.fixture(scope="session")
+def two_region_model(two_regions):
+    """An untrained small UNet with the statistics of the two-region store's tile index (saved)."""
+    from miningxr import build_unet, tile_index
+    from miningxr.config import TileConfig, TrainConfig
+
+    path, _ = two_regions
+    index = tile_index(path, years=[2019, 2020], config=TileConfig(block_tiles=4))
+    model = build_unet(TrainConfig(base_filters=4, depth=2), stats=index.attrs["stats"])
+    out = path.parent / "two.keras"
+    model.save(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def two_region_predictions(two_regions, two_region_model):
+    """Predictions of both regions and both years, written one year at a time by the CLI."""
+    from miningxr.cli import main
+
+    path, _ = two_regions
+    out = path.parent / "p.zarr"
+    for year in ("2019", "2020"):
+        assert (
+            main(
+                [
+                    "predict",
+                    "--store",
+                    str(path),
+                    "--model",
+                    str(two_region_model),
+                    "--out",
+                    str(out),
+                    "--years",
+                    year,
+                    "-q",
+                ]
+            )
+            == 0
+        )
+    return out

@@ -37,3 +37,17 @@ def test_plots_are_written(store, tmp_path):
     index = load_tile_index(store)
     assert plot_tiles(ds, prob, index, tmp_path / "t.png").stat().st_size > 10_000
     assert plot_map(ds, prob, tmp_path / "m.png", index=index).stat().st_size > 10_000
+
+
+def test_a_sparse_store_is_scored_per_region_and_year(two_regions, two_region_predictions, tmp_path):
+    from miningxr import evaluate
+
+    path, _ = two_regions
+    report = evaluate(path, two_region_predictions, split="all", out=tmp_path / "r.json")
+    assert sorted(report["per_year"]) == ["2019", "2020"] and len(report["per_region"]) == 2
+    # every pixel of both regions, once per year; the parts add up to the whole
+    assert report["pixels"] == 2 * 2 * 1024 * 1024
+    assert sum(r["pixels"] for r in report["per_year"].values()) == report["pixels"]
+    assert sum(r["tp"] for r in report["per_region"].values()) == report["tp"]
+    test = evaluate(path, two_region_predictions, split="test")
+    assert 0 < test["pixels"] < report["pixels"]

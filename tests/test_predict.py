@@ -132,3 +132,70 @@ def _reference(cube, model, overlap: int) -> np.ndarray:
     if key not in _REFERENCE:
         _REFERENCE[key] = predict(cube.chunk({"y": -1, "x": -1}), model, overlap=overlap).values
     return _REFERENCE[key]
+
+
+# --------------------------------------------------------------------------- years and regions
+
+
+def test_a_multi_year_cube_predicts_every_year(two_regions, two_region_model):
+    from miningxr import open_regions
+
+    path, _ = two_regions
+    ds = next(iter(open_regions(path).children.values())).to_dataset()
+    prob = predict(ds, two_region_model, overlap=0)
+    assert prob.dims == ("year", "y", "x") and prob.year.values.tolist() == [2019, 2020]
+    one = predict(ds, two_region_model, overlap=0, year=2019)
+    assert one.dims == ("y", "x") and int(one.year) == 2019
+    np.testing.assert_array_equal(prob.sel(year=2019).values, one.values)
+
+
+def test_years_predicted_one_after_the_other_each_equal_predicting_that_year_alone(
+    two_regions, two_region_model, two_region_predictions
+):
+    from miningxr import open_predictions, open_regions
+
+    path, _ = two_regions
+    for node in open_regions(path).children.values():
+        ds = node.to_dataset()
+        stored = open_predictions(two_region_predictions, ds)
+        assert stored.year.values.tolist() == [2019, 2020]
+        for year in (2019, 2020):
+            alone = predict(ds, two_region_model, year=year).values
+            np.testing.assert_array_equal(stored.sel(year=year).values, alone)
+        assert not np.array_equal(stored.sel(year=2019).values, stored.sel(year=2020).values)
+
+
+def test_another_model_is_refused_without_force_and_replaces_with_it(
+    two_regions, two_region_model, two_region_predictions, tmp_path, capsys
+):
+    import shutil
+
+    from miningxr import open_predictions, open_regions
+    from miningxr.cli import main
+
+    path, _ = two_regions
+    out = tmp_path / "p.zarr"
+    shutil.copytree(two_region_predictions, out)
+    other = tmp_path / "other.keras"
+    shutil.copy(two_region_model, other)
+    with open(other, "ab") as f:
+        f.write(b"\0")  # another file: another model
+    command = [
+        "predict",
+        "--store",
+        str(path),
+        "--model",
+        str(other),
+        "--out",
+        str(out),
+        "--years",
+        "2020",
+        "-q",
+    ]
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert "holds predictions of model two.keras" in err and "--force" in err
+    assert main([*command, "--force"]) == 0
+    ds = next(iter(open_regions(path).children.values())).to_dataset()
+    # replaced, not mixed: the other model's store holds just what it predicted
+    assert open_predictions(out, ds).year.values.tolist() == [2020]

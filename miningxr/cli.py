@@ -171,7 +171,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="build the tile index and train a UNet on a store")
     p.add_argument("--store", required=True)
     p.add_argument("--out", default="miningxr-run", help="folder for model.keras, logs, history")
-    p.add_argument("--year", type=int, help="imagery year (default: the latest ingested)")
+    p.add_argument(
+        "--years",
+        "--year",
+        dest="years",
+        type=int,
+        nargs="+",
+        help="imagery years to train on (default: the latest ingested); each (year, tile) is "
+        "a sample, a place in the same split every year",
+    )
+    p.add_argument(
+        "--countries",
+        nargs="+",
+        metavar="ISO3",
+        help="keep the tiles inside these countries (e.g. ZAF USA); test metrics per country",
+    )
     for name, typ in (
         ("epochs", int),
         ("batch-size", int),
@@ -402,7 +416,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     with _cluster(args) as client:
-        index = tile_index(args.store, year=args.year, config=cfg.tiles)
+        index = tile_index(args.store, years=args.years, config=cfg.tiles)
+        if args.countries:
+            index = _in_countries(index, args.countries)
         result = train(
             args.store,
             index=index,
@@ -413,6 +429,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     print(result)
     return 0
+
+
+def _in_countries(index: Any, countries: list[str]) -> Any:
+    """The tiles inside the given countries, refusing codes with no tile, before any training."""
+    codes = [c.strip().upper() for c in countries]
+    have = sorted(c for c in set(index.country) if c)
+    lacking = [c for c in codes if c not in have]
+    if lacking:
+        raise UsageError(f"no tile of the store lies in {lacking}; its tiles are in {have} (--countries)")
+    kept = index[index.country.isin(codes)]
+    kept.attrs.update(index.attrs)
+    return kept
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -81,3 +81,33 @@ def test_training_runs_under_a_mirrored_strategy(store, tmp_path, monkeypatch):
     result = train(store, config=cfg, out_dir=tmp_path, verbose=0, steps_per_epoch=2)
     assert result.model_path.exists()
     assert result.model.distribute_strategy is strategy
+
+
+def test_train_on_several_years_and_countries_reports_test_metrics_per_year_and_country(
+    two_regions, tmp_path, capsys
+):
+    import json
+
+    from miningxr.cli import main
+
+    path, _ = two_regions
+    config = tmp_path / "c.toml"
+    config.write_text("[tiles]\nblock_tiles = 4\n")
+    out = tmp_path / "run"
+    command = (
+        f"train --store {path} --years 2019 2020 --countries ZAF USA --config {config} --out {out} "
+        "--base-filters 4 --depth 2 --epochs 1 --batch-size 32 -q"
+    )
+    assert main(command.split()) == 0
+    printed = capsys.readouterr().out
+    for group in ("year 2019", "year 2020", "country USA", "country ZAF"):
+        assert f"test {group}: " in printed and "iou=" in printed
+    report = json.loads((out / "train.json").read_text())
+    assert sorted(report["test_by_year"]) == ["2019", "2020"] and sorted(report["test_by_country"]) == [
+        "USA",
+        "ZAF",
+    ]
+    assert report["years"] == [2019, 2020]
+    # a country the store has no tile in is refused before training, naming those it has
+    assert main([*command.split(), "--countries", "BRA"]) == 2
+    assert "no tile of the store lies in ['BRA']; its tiles are in ['USA', 'ZAF']" in capsys.readouterr().err

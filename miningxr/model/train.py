@@ -34,13 +34,26 @@ class TrainResult:
 
     model: Any
     model_path: Path
-    history: dict = field(default_factory=dict)
-    test_metrics: dict = field(default_factory=dict)
+    history: dict[str, list[float]] = field(default_factory=dict)
+    test_metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    #: the test metrics of each imagery year, and of each country (ISO3), of the test split
+    test_by_year: dict[str, dict[str, float]] = field(default_factory=dict)
+    test_by_country: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def __str__(self) -> str:
-        m = ", ".join(f"{k}={v:.3f}" for k, v in self.test_metrics.items())
-        return f"model {self.model_path} ({self.seconds:.0f}s); test split: {m}"
+        def line(metrics: dict[str, float]) -> str:
+            return ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if k in _SHOWN)
+
+        lines = [f"model {self.model_path} ({self.seconds:.0f}s); test split: {line(self.test_metrics)}"]
+        for title, groups in (("year", self.test_by_year), ("country", self.test_by_country)):
+            if len(groups) > 1:
+                lines += [f"  test {title} {k}: {line(v)}" for k, v in groups.items()]
+        return "\n".join(lines)
+
+
+#: the metrics a result prints (train.json holds them all)
+_SHOWN = ("loss", "iou", "dice", "precision", "recall", "auc")
 
 
 @contextlib.contextmanager
@@ -178,15 +191,33 @@ def train(
         )  # the loader shuffles
     if not best.exists():  # no epoch improved on nothing (e.g. NaN val_iou): keep the last
         model.save(best)
-    test_ds = training_dataset(store, index, "test", config=cfg, client=client)
-    with _no_spurious_end_of_data_warning():
-        test = model.evaluate(test_ds, verbose=0, return_dict=True)
-    test = {k: float(v) for k, v in test.items()}
+
+    def score(tiles: Any) -> dict[str, float]:
+        test_ds = training_dataset(store, tiles, "test", config=cfg, client=client)
+        with _no_spurious_end_of_data_warning():
+            return {k: float(v) for k, v in model.evaluate(test_ds, verbose=0, return_dict=True).items()}
+
+    test = score(index)
+    # the same test split, year by year and country by country (where it has tiles of several)
+    testing = index[(index.split == "test") & index.selected]
+    by_year, by_country = {}, {}
+    if "year" in index and testing["year"].nunique() > 1:
+        by_year = {str(y): score(index[index.year == y]) for y in sorted(set(testing.year))}
+    if "country" in index and testing["country"].nunique() > 1:
+        by_country = {c or "none": score(index[index.country == c]) for c in sorted(set(testing.country))}
     history = {k: [float(x) for x in v] for k, v in hist.history.items()}
     write_json(
-        {"config": asdict(cfg), "test": test, "epochs_run": len(history.get("loss", []))}, out / "train.json"
+        {
+            "config": asdict(cfg),
+            "test": test,
+            "test_by_year": by_year,
+            "test_by_country": by_country,
+            "years": index.attrs.get("years"),
+            "epochs_run": len(history.get("loss", [])),
+        },
+        out / "train.json",
     )
-    result = TrainResult(model, best, history, test, time.perf_counter() - t0)
+    result = TrainResult(model, best, history, test, time.perf_counter() - t0, by_year, by_country)
     # the metrics are the result (the CLI prints it); the log says what happened
     log.info(
         "trained %d epoch(s) in %.0fs; best model saved to %s",

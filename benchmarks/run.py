@@ -286,6 +286,64 @@ def bench_predict(store: Path, model_path: Path):
     ]
 
 
+def bench_sparse(work: Path):
+    """A store of two regions far apart vs the same two regions in two stores: tile index, one
+    training epoch, predict, evaluate and export, each side in a process of its own."""
+    import subprocess
+
+    import miningxr
+    from miningxr.grid import GridSlice, Region
+    from miningxr.sources.synthetic import mine_polygons
+
+    places = [(LON, LAT), (-116.0, 40.0)]  # South Africa and Nevada: 2x2 shards each
+    regions = []
+    for lon, lat in places:
+        r, c = Region.from_bbox((lon, lat, lon + 1e-4, lat + 1e-4)).slice(2048).shard_ids(2048)[0]
+        regions.append(GridSlice.covering([(r, c), (r + 1, c + 1)], 2048))
+    both, apart = work / "both.zarr", [work / "a.zarr", work / "b.zarr"]
+    for k, region in enumerate(regions):
+        polygons = work / f"mines{k}.gpkg"
+        mine_polygons(region, 2020).to_file(polygons, layer="mining_polygons")
+        for store in (both, apart[k]):
+            miningxr.ingest(store, region, 2020, progress=False)
+            miningxr.write_mask(store, polygons, progress=False, region=region)
+
+    def side(name: str, stores: list[Path]) -> tuple[float, float]:
+        out = work / f"sparse-{name}"
+        out.mkdir()
+        script = Path(__file__).with_name("sparse_side.py")
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(out), *map(str, stores)], stdout=subprocess.PIPE, text=True
+        )
+        stdout = proc.stdout.read() if proc.stdout else ""
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise RuntimeError(f"the {name} side failed (exit {proc.returncode})")
+        seconds = json.loads(stdout.strip().splitlines()[-1])["seconds"]
+        return seconds, usage.ru_maxrss / 1024  # MB (ru_maxrss is in KB on Linux)
+
+    t_apart, rss_apart = side("apart", apart)
+    t_both, rss_both = side("both", [both])
+    note = (
+        f"2 regions of 2x2 shards 10,000 km apart; peak RSS ours {rss_both:.0f} MB, baseline "
+        f"{rss_apart:.0f} MB (target < 2048 each); ratio = two stores' time / one store's"
+    )
+    r = _result(
+        "sparse store of two regions vs two stores",
+        t_both,
+        t_apart,
+        "s",
+        0.8,
+        higher_is_better=False,
+        note=note,
+    )
+    r.update(peak_rss_mb={"ours": rss_both, "baseline": rss_apart})
+    if max(rss_both, rss_apart) >= 2048:
+        r["meets_target"] = False
+    return r
+
+
 def bench_demo(work: Path, budget_s: float = 180.0):
     """``miningxr demo`` end to end (ingest .. export, training included) against its 3-minute budget."""
     from miningxr.cli import main as cli
@@ -308,7 +366,7 @@ def bench_demo(work: Path, budget_s: float = 180.0):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", nargs="*", choices=["ingest", "masks", "loader", "predict", "demo"])
+    p.add_argument("--only", nargs="*", choices=["ingest", "masks", "loader", "predict", "sparse", "demo"])
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     import distributed
@@ -318,7 +376,7 @@ def main(argv=None) -> int:
     from miningxr.grid import Region
     from miningxr.sources.synthetic import mine_polygons
 
-    only = set(args.only or ["ingest", "masks", "loader", "predict", "demo"])
+    only = set(args.only or ["ingest", "masks", "loader", "predict", "sparse", "demo"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="miningxr-bench-"))
@@ -346,6 +404,8 @@ def main(argv=None) -> int:
             model_path = work / "m.keras"
             miningxr.build_unet(TrainConfig(base_filters=16), stats=index.attrs["stats"]).save(model_path)
             results += bench_predict(store, model_path)
+        if "sparse" in only:
+            results.append(bench_sparse(work))
         if "demo" in only:
             results.append(bench_demo(work))
     meta = {"cpus": os.cpu_count(), "python": sys.version.split()[0], "seconds": time.perf_counter() - t_all}

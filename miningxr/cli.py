@@ -90,6 +90,11 @@ def _region_args(p: argparse.ArgumentParser, polygons: bool = False) -> None:
         )
 
 
+def _years_arg(p: argparse.ArgumentParser, help: str) -> None:
+    # --year stays as the spelling of one year
+    p.add_argument("--years", "--year", dest="years", type=int, nargs="+", metavar="YEAR", help=help)
+
+
 def _polygon_args(p: argparse.ArgumentParser, help: str) -> None:
     g = p.add_argument_group("mining polygons")
     g.add_argument("--polygons", metavar="FILE", help=help + " (GeoPackage, shapefile, any OGR format)")
@@ -171,14 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="build the tile index and train a UNet on a store")
     p.add_argument("--store", required=True)
     p.add_argument("--out", default="miningxr-run", help="folder for model.keras, logs, history")
-    p.add_argument(
-        "--years",
-        "--year",
-        dest="years",
-        type=int,
-        nargs="+",
-        help="imagery years to train on (default: the latest ingested); each (year, tile) is "
-        "a sample, a place in the same split every year",
+    _years_arg(
+        p,
+        "imagery years to train on (default: the latest ingested); each (year, tile) is a "
+        "sample, a place in the same split every year",
     )
     p.add_argument(
         "--countries",
@@ -223,14 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="a .keras file from `miningxr train`")
     p.add_argument("--out", required=True, help="the prediction Zarr (resumable; adds years to one it holds)")
     _region_args(p, polygons=False)
-    p.add_argument(
-        "--years",
-        "--year",
-        dest="years",
-        type=int,
-        nargs="+",
-        help="imagery years to predict (default: every year the store holds)",
-    )
+    _years_arg(p, "imagery years to predict (default: every year the store holds)")
     p.add_argument(
         "--force",
         action="store_true",

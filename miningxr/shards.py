@@ -83,7 +83,8 @@ def shard_writer(
     space = cover.block_chunks(shard)
     middle = data.shape[1:-2] if years is not None else ()  # the band axis of imagery
     lead = (1, *middle) if years is not None else ()
-    blocks = data.rechunk((*lead, *space)).to_delayed()
+    # task-based: a merge of whole chunks into shard blocks (p2p would shuffle them for nothing)
+    blocks = data.rechunk((*lead, *space), method="tasks").to_delayed()
     path = str(store)
 
     def task(key: ShardKey) -> Delayed:

@@ -130,3 +130,23 @@ def test_a_mistake_is_one_line_and_a_bug_is_a_traceback(monkeypatch, capsys, tmp
     assert cli.main(["status", "--store", str(tmp_path / "none.zarr")]) == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and "KeyError: 'internal'" in err and "this is a bug in miningxr" in err
+
+
+def test_evaluate_and_export_a_sparse_store_region_by_region(
+    two_regions, two_region_predictions, tmp_path, capsys
+):
+    import json
+
+    path, _ = two_regions
+    out = tmp_path / "eval"
+    command = f"evaluate --store {path} --predictions {two_region_predictions} --split all --out {out} -q"
+    assert main(command.split()) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["per_region"]) == 2 and sorted(report["per_year"]) == ["2019", "2020"]
+    assert (out / "map.png").stat().st_size > 10_000
+    exports = tmp_path / "exports"
+    assert (
+        main(f"export --store {path} --predictions {two_region_predictions} --out {exports} -q".split()) == 0
+    )
+    assert len(list(exports.glob("mining_probability_r*_20*.tif"))) == 4  # 2 regions x 2 years
+    assert (exports / "mining_predicted.gpkg").exists()

@@ -440,22 +440,16 @@ def _in_countries(index: Any, countries: list[str]) -> Any:
 def cmd_predict(args: argparse.Namespace) -> int:
     cfg = _config(args)
     region = _region(args)
+    kwargs = {"config": cfg.predict, "overlap": args.overlap, "batch_size": args.batch_size}
     if region is not None:
-        cubes = [open_store(args.store, region=region, years=args.years)]
+        prob: Any = predict(open_store(args.store, region=region, years=args.years), args.model, **kwargs)
     else:  # every region of a sparse store, each on its own slice of the grid
-        cubes = [node.to_dataset() for node in open_regions(args.store, years=args.years).children.values()]
-    probs = [
-        predict(ds, args.model, config=cfg.predict, overlap=args.overlap, batch_size=args.batch_size)
-        for ds in cubes
-    ]  # all checked before the first write
-    ok = True
-    for k, prob in enumerate(probs):
-        # --force replaces another model's store once, with the first region; then it is this model's
-        report = write_predictions(
-            prob, args.out, scheduler=args.scheduler, progress=not args.quiet, force=args.force and k == 0
-        )
-        print(report)
-        ok = ok and report.ok
+        prob = predict(open_regions(args.store, years=args.years), args.model, **kwargs)
+    report = write_predictions(
+        prob, args.out, scheduler=args.scheduler, progress=not args.quiet, force=args.force
+    )
+    print(report)
+    ok = report.ok
     return 0 if ok else 1
 
 

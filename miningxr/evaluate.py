@@ -142,14 +142,12 @@ def _pieces(store: str | os.PathLike, predictions: Any) -> list[tuple[str, int, 
         if not pieces and first_error is not None:
             raise first_error
         return pieces
-    pred = predictions if "year" in predictions.dims else predictions.expand_dims("year")
-    pred = pred.reset_coords(drop=True) if "year" in pred.coords else pred
+    pred = predictions
+    if "year" not in pred.dims:  # one year: a scalar `year` from predict, or none at all
+        pred = pred.expand_dims("year") if "year" in pred.coords else pred.expand_dims(year=[0])
+    years = [int(y) for y in pred.year.values]
+    pred = pred.drop_vars([c for c in pred.coords if c not in ("y", "x")])  # only the grid matters
     have = GridSlice.of_coords(pred)
-    years = (
-        [int(y) for y in predictions.year.values]
-        if "year" in predictions.coords
-        else [0] * pred.sizes["year"]
-    )
     for ds in regions:
         want = GridSlice.of_coords(ds)
         common = have.intersection(want)

@@ -25,7 +25,7 @@ import shutil
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import dask.array as da
 import numpy as np
@@ -149,22 +149,48 @@ def predict_array(
     return out[hy : hy + oh, hx : hx + ow].astype(np.float32)
 
 
+@overload
+def predict(
+    ds: xr.DataTree,
+    model: Any,
+    *,
+    config: PredictConfig | None = ...,
+    year: int | None = ...,
+    overlap: int | None = ...,
+    batch_size: int | None = ...,
+) -> xr.DataTree: ...
+
+
+@overload
 def predict(
     ds: xr.Dataset | xr.DataArray,
+    model: Any,
+    *,
+    config: PredictConfig | None = ...,
+    year: int | None = ...,
+    overlap: int | None = ...,
+    batch_size: int | None = ...,
+) -> xr.DataArray: ...
+
+
+def predict(
+    ds: xr.Dataset | xr.DataArray | xr.DataTree,
     model: Any,
     *,
     config: PredictConfig | None = None,
     year: int | None = None,
     overlap: int | None = None,
     batch_size: int | None = None,
-) -> xr.DataArray:
+) -> xr.DataArray | xr.DataTree:
     """Mining probability for every pixel of a cube, lazily, with the cube's grid and chunks.
 
     Parameters
     ----------
     ds
         A cube from :func:`~miningxr.open_store` or :func:`~miningxr.open_landsat` (Dataset with
-        ``landsat``, or that DataArray).
+        ``landsat``, or that DataArray), or the regions of a sparse store from
+        :func:`~miningxr.open_regions` (then a DataTree of the same nodes, each holding its
+        ``mining_probability``).
     model
         A Keras model built by miningxr, or the path of its ``.keras`` file (loaded once per
         worker).
@@ -183,6 +209,15 @@ def predict(
         ``mining_probability`` float32 ``(y, x)`` or ``(year, y, x)`` with exactly the input's
         ``x``/``y`` coordinates, ``spatial_ref`` and chunks.
     """
+    if isinstance(ds, xr.DataTree):
+        return xr.DataTree.from_dict(
+            {
+                name: predict(
+                    node.to_dataset(), model, config=config, year=year, overlap=overlap, batch_size=batch_size
+                ).to_dataset()
+                for name, node in ds.children.items()
+            }
+        )
     cfg = config or PredictConfig()
     changes = {k: v for k, v in (("overlap", overlap), ("batch_size", batch_size)) if v is not None}
     cfg = dataclasses.replace(cfg, **changes)  # validated again
@@ -291,7 +326,7 @@ def _min_chunks(chunks: tuple[int, ...], depth: int) -> tuple[int, ...]:
 
 
 def write_predictions(
-    pred: xr.DataArray,
+    pred: xr.DataArray | xr.DataTree,
     path: str | os.PathLike,
     *,
     progress: bool = True,
@@ -311,6 +346,27 @@ def write_predictions(
     -------
     >>> write_predictions(predict(open_store("s.zarr", years=[2019, 2020]), "m.keras"), "p.zarr")  # doctest: +SKIP
     """
+    if isinstance(pred, xr.DataTree):  # the regions of a sparse store, one after the other
+        reports = [
+            write_predictions(
+                node["mining_probability"],
+                path,
+                progress=progress,
+                scheduler=scheduler,
+                force=force and k == 0,
+            )
+            for k, node in enumerate(pred.children.values())
+        ]
+        total = IngestReport(
+            store=str(path),
+            planned=sum(r.planned for r in reports),
+            written=sum(r.written for r in reports),
+            skipped=sum(r.skipped for r in reports),
+            seconds=sum(r.seconds for r in reports),
+        )
+        for r in reports:
+            total.failed.update(r.failed)
+        return total
     t0 = time.perf_counter()
     path = Path(path)
     gslice = GridSlice.of_coords(pred)

@@ -51,3 +51,15 @@ def test_a_sparse_store_is_scored_per_region_and_year(two_regions, two_region_pr
     assert sum(r["tp"] for r in report["per_region"].values()) == report["tp"]
     test = evaluate(path, two_region_predictions, split="test")
     assert 0 < test["pixels"] < report["pixels"]
+
+
+@pytest.mark.parametrize("shape", ["(y, x)", "(y, x) with a scalar year", "(year, y, x)"])
+def test_predictions_in_memory_of_any_year_shape_are_scored_alike(store, shape):
+    truth = open_store(store).mining.astype("float32")
+    pred = {
+        "(y, x)": truth,
+        "(y, x) with a scalar year": truth.assign_coords(year=2020),
+        "(year, y, x)": truth.expand_dims(year=[2020]),
+    }[shape]
+    r = evaluate(store, pred, split="all")
+    assert r["iou"] == 1 and r["pixels"] == 2048 * 2048 and len(r["per_year"]) == 1

@@ -199,3 +199,25 @@ def test_another_model_is_refused_without_force_and_replaces_with_it(
     ds = next(iter(open_regions(path).children.values())).to_dataset()
     # replaced, not mixed: the other model's store holds just what it predicted
     assert open_predictions(out, ds).year.values.tolist() == [2020]
+
+
+def test_the_regions_of_a_sparse_store_predict_as_a_datatree(
+    two_regions, two_region_model, two_region_predictions, tmp_path
+):
+    import xarray as xr
+
+    from miningxr import open_predictions, open_regions, write_predictions
+
+    path, _ = two_regions
+    tree = predict(open_regions(path), two_region_model)
+    assert isinstance(tree, xr.DataTree) and list(tree.children) == list(open_regions(path).children)
+    for node in tree.children.values():
+        assert node["mining_probability"].dims == ("year", "y", "x")
+    out = tmp_path / "p.zarr"
+    report = write_predictions(tree, out, progress=False)
+    assert report.ok and report.written == 2 * 2  # 2 regions x 2 years, one 2048-px prediction shard each
+    for node in open_regions(path).children.values():
+        ds = node.to_dataset()
+        np.testing.assert_array_equal(
+            open_predictions(out, ds).values, open_predictions(two_region_predictions, ds).values
+        )

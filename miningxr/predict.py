@@ -149,28 +149,14 @@ def predict_array(
     return out[hy : hy + oh, hx : hx + ow].astype(np.float32)
 
 
+# fmt: off
 @overload
-def predict(
-    ds: xr.DataTree,
-    model: Any,
-    *,
-    config: PredictConfig | None = ...,
-    year: int | None = ...,
-    overlap: int | None = ...,
-    batch_size: int | None = ...,
-) -> xr.DataTree: ...
-
-
+def predict(ds: xr.DataTree, model: Any, *, config: PredictConfig | None = ..., year: int | None = ...,
+            overlap: int | None = ..., batch_size: int | None = ...) -> xr.DataTree: ...
 @overload
-def predict(
-    ds: xr.Dataset | xr.DataArray,
-    model: Any,
-    *,
-    config: PredictConfig | None = ...,
-    year: int | None = ...,
-    overlap: int | None = ...,
-    batch_size: int | None = ...,
-) -> xr.DataArray: ...
+def predict(ds: xr.Dataset | xr.DataArray, model: Any, *, config: PredictConfig | None = ..., year: int | None = ...,
+            overlap: int | None = ..., batch_size: int | None = ...) -> xr.DataArray: ...
+# fmt: on
 
 
 def predict(

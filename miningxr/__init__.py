@@ -20,7 +20,17 @@ import odc.geo.xr  # noqa: F401  (registers the .odc accessor on xarray objects)
 import rioxarray  # noqa: F401  (registers the .rio accessor: CRS and transform of every output)
 
 from . import errors
-from .config import BANDS, Config, PredictConfig, StoreLayout, SyntheticConfig, TileConfig, TrainConfig
+from .change import change_table, closure_year, consistent_mining, onset_year
+from .config import (
+    BANDS,
+    ChangeConfig,
+    Config,
+    PredictConfig,
+    StoreLayout,
+    SyntheticConfig,
+    TileConfig,
+    TrainConfig,
+)
 from .errors import *  # noqa: F403  (every error: the names in errors.__all__)
 from .evaluate import evaluate
 from .export import export, export_store
@@ -69,6 +79,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "BANDS",
     "GLOBAL_GEOBOX",
+    "ChangeConfig",
     "Config",
     "GridSlice",
     "IngestReport",
@@ -80,12 +91,16 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "build_unet",
+    "change_table",
+    "closure_year",
+    "consistent_mining",
     "evaluate",
     "export",
     "export_store",
     "ingest",
     "load_tile_index",
     "mining_mask",
+    "onset_year",
     "open_landsat",
     "open_predictions",
     "open_regions",

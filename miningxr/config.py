@@ -272,14 +272,39 @@ class PredictConfig:
 
 
 @dataclass(frozen=True)
+class ChangeConfig:
+    """Change over time (:mod:`miningxr.change`).
+
+    Attributes
+    ----------
+    threshold
+        Probability at or above which a pixel counts as mined in a year.
+    window
+        Years of the centred majority window of the temporal consistency rule (odd; 1 turns
+        the rule off).
+    """
+
+    threshold: float = 0.5
+    window: int = 3
+
+    def __post_init__(self) -> None:
+        _check_types(self, "change")
+        if not 0 <= self.threshold <= 1:
+            raise ConfigError(f"[change] threshold must be in [0, 1], got {self.threshold}")
+        if self.window < 1 or self.window % 2 == 0:
+            raise ConfigError(f"[change] window must be an odd number of years >= 1, got {self.window}")
+
+
+@dataclass(frozen=True)
 class Config:
-    """All sections: ``store``, ``synthetic``, ``tiles``, ``train`` and ``predict``."""
+    """All sections: ``store``, ``synthetic``, ``tiles``, ``train``, ``predict`` and ``change``."""
 
     store: StoreLayout = field(default_factory=StoreLayout)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     tiles: TileConfig = field(default_factory=TileConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    change: ChangeConfig = field(default_factory=ChangeConfig)
 
     def __post_init__(self) -> None:
         # the model trains on the tiles the index cuts: two sizes cannot both hold

@@ -1,0 +1,121 @@
+"""Change over time: the temporal consistency rule on hand-made series, onset and closure
+rasters on a small known cube, and the area table against the rasters."""
+
+import numpy as np
+import pytest
+import xarray as xr
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from miningxr import ConfigError
+from miningxr.change import (
+    MINED,
+    NOT_MINED,
+    UNKNOWN,
+    change_table,
+    closure_year,
+    consistent_mining,
+    onset_year,
+    temporal_rule,
+)
+from miningxr.config import ChangeConfig
+
+nan = np.nan
+
+
+@pytest.mark.parametrize(
+    ("series", "want"),
+    [
+        ([0, 0, 1, 0, 0], [0, 0, 0, 0, 0]),  # a one-year spike opens nothing
+        ([1, 1, 0, 1, 1], [1, 1, 1, 1, 1]),  # a one-year dip closes nothing
+        ([0, 1, 1, nan, 1, 1], [0, 1, 1, 1, 1, 1]),  # a year without a prediction is bridged
+        ([0, 1, 1, nan, nan, 0, 0], [0, 1, 1, 1, 1, 0, 0]),  # ... by the last year known before it
+        ([1, 1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 0, 0, 0]),  # a closure stays a closure
+        ([nan, nan, 0, 1, 1, 1], [-1, -1, 0, 1, 1, 1]),  # starting mid-range: unknown before
+        ([0, 1, 1, nan, nan], [0, 1, 1, -1, -1]),  # ... and after the last prediction
+        ([nan, nan, nan], [-1, -1, -1]),  # never predicted
+    ],
+)
+def test_the_rule_on_hand_made_series(series, want):
+    assert temporal_rule(np.array(series, dtype=float)).tolist() == want
+
+
+def test_a_wider_window_needs_a_longer_run():
+    series = np.array([0, 0, 0, 1, 1, 0, 0, 0], dtype=float)
+    assert temporal_rule(series, window=3).tolist() == [0, 0, 0, 1, 1, 0, 0, 0]
+    assert temporal_rule(series, window=5).tolist() == [0] * 8
+    with pytest.raises(ConfigError, match="odd number of years"):
+        temporal_rule(series, window=2)
+    with pytest.raises(ConfigError, match=r"\[change\] window must be an odd number"):
+        ChangeConfig(window=4)
+
+
+@given(
+    hnp.arrays(
+        np.float64,
+        st.tuples(st.integers(1, 4), st.integers(1, 12)),
+        elements=st.sampled_from([0.0, 1.0, nan]),
+    )
+)
+def test_a_window_of_one_year_only_bridges_gaps(obs):
+    out = temporal_rule(obs, window=1)
+    known = ~np.isnan(obs)
+    assert np.array_equal(out[known], obs[known].astype(np.int8))
+    for row, series in zip(out, obs, strict=True):
+        seen = np.flatnonzero(~np.isnan(series))
+        if len(seen) == 0:
+            assert (row == UNKNOWN).all()
+            continue
+        assert (row[: seen[0]] == UNKNOWN).all() and (row[seen[-1] + 1 :] == UNKNOWN).all()
+        assert (row[seen[0] : seen[-1] + 1] != UNKNOWN).all()
+
+
+@pytest.fixture
+def cube():
+    """Four pixels over 2000-2009: opens 2003, opens 2000 and closes 2006, a flickering field,
+    and a pixel predicted only from 2005 (mined from 2007)."""
+    years = np.arange(2000, 2010)
+    series = np.array(
+        [
+            [0, 0, 0, 1, 1, 1, 1, 1, 1, 1],
+            [1, 1, 1, 1, 1, 1, 0, 0, 0, 0],
+            [0, 1, 0, 0, 1, 0, 0, 1, 0, 0],
+            [nan, nan, nan, nan, nan, 0, 0, 1, 1, 1],
+        ],
+        dtype=float,
+    )
+    prob = np.where(np.isnan(series), nan, series * 0.8 + 0.1).T.reshape(10, 2, 2)
+    return xr.DataArray(
+        prob, dims=("year", "y", "x"), coords={"year": years, "y": [1.0, 0.0], "x": [0.0, 1.0]}
+    )
+
+
+def test_onset_and_closure_rasters_of_a_known_cube(cube):
+    mined = consistent_mining(cube)
+    assert mined.dims == ("year", "y", "x")
+    assert onset_year(mined).values.ravel().tolist() == [2003, 2000, 0, 2007]
+    assert closure_year(mined).values.ravel().tolist() == [0, 2006, 0, 0]
+
+
+def test_the_table_sums_equal_the_raster_sums(cube):
+    mined = consistent_mining(cube)
+    table = change_table(mined)
+    counts = (mined == MINED).sum(("y", "x")).values
+    np.testing.assert_allclose(table.mined_km2, counts * 0.0009)
+    # every onset after the first year is new area once; every closure is lost area once
+    onset, closed = onset_year(mined).values.ravel(), closure_year(mined).values.ravel()
+    assert table.new_km2.sum() == pytest.approx((onset > 2000).sum() * 0.0009)
+    assert table.lost_km2.sum() == pytest.approx((closed > 0).sum() * 0.0009)
+    # grouped: the groups add up to the whole
+    groups = xr.DataArray(np.array([[1, 1], [2, 2]]), dims=("y", "x"), coords={"y": cube.y, "x": cube.x})
+    by = change_table(mined, groups, names={1: "north", 2: "south"})
+    assert set(by.group) == {"north", "south"}
+    np.testing.assert_allclose(by.groupby("year").mined_km2.sum().values, table.mined_km2.values)
+
+
+def test_a_lazy_cube_gives_the_same_series(cube):
+    lazy = consistent_mining(cube.chunk({"year": 3, "y": 1, "x": 1}))
+    assert lazy.chunks is not None
+    np.testing.assert_array_equal(lazy.values, consistent_mining(cube).values)
+    assert set(np.unique(lazy.values)) <= {UNKNOWN, NOT_MINED, MINED}

@@ -28,15 +28,25 @@ Example
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
+import geopandas as gpd
 import numpy as np
 import pandas as pd
+import rasterio
+import rasterio.shutil
 import xarray as xr
+from matplotlib.figure import Figure
 
 from .config import ChangeConfig
 from .errors import ConfigError
-from .grid import PIXEL_AREA_KM2
+from .export import mine_polygons_from
+from .grid import CRS_GRID, PIXEL_AREA_KM2, GridSlice, country_table
+from .labels import rasterize_blocks, read_polygons
+from .predict import open_predictions, prediction_regions
+from .store import check_output_folder
 
 #: the states of :func:`consistent_mining`
 NOT_MINED, MINED, UNKNOWN = 0, 1, -1
@@ -179,3 +189,196 @@ def summary(table: pd.DataFrame) -> dict[str, Any]:
         "new_km2": float(by_year.new_km2.sum()),
         "lost_km2": float(by_year.lost_km2.sum()),
     }
+
+
+# --------------------------------------------------------------------------- a prediction store
+
+#: how change tables are grouped
+GROUPINGS = ("region", "country", "polygon")
+
+
+def change(
+    predictions: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    by: str = "region",
+    polygons: Any = None,
+    config: ChangeConfig | None = None,
+    animate: bool = False,
+) -> pd.DataFrame:
+    """Change over time of a prediction store of several years, region by region.
+
+    Applies :func:`consistent_mining` to every region the store has predicted, and returns the
+    :func:`change_table` grouped ``by`` region, country (the built-in table) or input polygon.
+    With ``out_dir`` it also writes:
+
+    - ``change.csv`` and ``change.parquet``: the table;
+    - ``onset[_REGION].tif`` and ``closure[_REGION].tif``: COGs of the onset and closure years
+      (0 = none), the onset with a colour table from the first year (dark) to the last (yellow);
+    - ``expansion.gpkg``: one valid polygon per year and connected patch of new mining, with
+      ``year``, ``AREA`` (km2) and ``group``;
+    - ``change.png`` (mined km2 against year, per group), ``onset.png`` (the onset map) and,
+      with ``animate``, ``mining.gif`` (the consistent yearly maps).
+    """
+    cfg = config or ChangeConfig()
+    if by not in GROUPINGS:
+        raise ConfigError(f"unknown grouping {by!r}; choose one of {', '.join(GROUPINGS)} (--by)")
+    if by == "polygon" and polygons is None:
+        raise ConfigError("--by polygon groups by input polygons: give them (--polygons FILE)")
+    gdf = read_polygons(polygons, require_columns=by == "country") if polygons is not None else None
+    regions = prediction_regions(predictions)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        check_output_folder(out, holds="the change table, rasters and pictures")
+    tables, expansions, frames = [], [], []
+    for name, gslice in regions.items():
+        prob = open_predictions(predictions, xr.Dataset(coords=gslice.coords()))
+        if prob.sizes["year"] < 2:
+            raise ConfigError(
+                f"the predictions in {predictions} hold one year ({int(prob.year[0])}) there: change "
+                "over time needs several; predict more (`miningxr predict ... --years ...`)"
+            )
+        mined = consistent_mining(prob, cfg).compute()
+        groups, names = _groups(gslice, by, gdf, name)
+        tables.append(change_table(mined, groups, names))
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            onset, closure = onset_year(mined), closure_year(mined)
+            suffix = "" if len(regions) == 1 else f"_{name}"
+            years = [int(y) for y in mined.year.values]
+            _year_cog(onset, out / f"onset{suffix}.tif", years)
+            _year_cog(closure, out / f"closure{suffix}.tif", years)
+            expansions.append(_expansion(mined, groups, names))
+            frames.append((name, mined, onset))
+    table = pd.concat(tables, ignore_index=True).groupby(["year", "group"], as_index=False).sum()
+    if out is not None:
+        table.to_csv(out / "change.csv", index=False)
+        table.to_parquet(out / "change.parquet", index=False)
+        gpd.GeoDataFrame(pd.concat(expansions, ignore_index=True), crs="EPSG:4326").to_file(
+            out / "expansion.gpkg", layer="expansion", driver="GPKG"
+        )
+        plot_change(table, out / "change.png")
+        plot_onset(frames[0][2], out / "onset.png")
+        if animate:
+            animate_mining(frames[0][1], out / "mining.gif")
+    return table
+
+
+def _groups(gslice: GridSlice, by: str, gdf: Any, region: str) -> tuple[xr.DataArray, dict[int, str]]:
+    """The group raster of a region and the names of its values."""
+    coords = gslice.coords()
+    if by == "region":
+        ones = xr.DataArray(np.ones(gslice.shape, np.int32), dims=("y", "x"), coords=coords)
+        return ones, {1: region}
+    if by == "country":
+        table = country_table().to_crs(CRS_GRID.to_wkt())
+        shapes, names = table, dict(enumerate(table["ISO3_CODE"], start=1))
+    else:
+        shapes = gdf
+        label = "MINE_ID" if "MINE_ID" in gdf.columns else None
+        names = {k + 1: str(gdf[label].iloc[k]) if label else str(k) for k in range(len(gdf))}
+    ids = rasterize_blocks(
+        gslice, shapes, (gslice.shape[0],), (gslice.shape[1],), values=np.arange(1, len(shapes) + 1)
+    )
+    return xr.DataArray(ids.compute(), dims=("y", "x"), coords=coords), names
+
+
+def _year_cog(years_raster: xr.DataArray, path: Path, years: list[int]) -> None:
+    """A uint16 COG of years (0 = none) with a colour table from the first year to the last."""
+    import matplotlib
+
+    values = years_raster.values.astype(np.uint16)
+    cmap = matplotlib.colormaps["viridis"]
+    span = max(years[-1] - years[0], 1)
+    colours = {0: (0, 0, 0, 0)}
+    for y in range(years[0], years[-1] + 1):
+        r, g, b, _ = cmap((y - years[0]) / span)
+        colours[y] = (int(r * 255), int(g * 255), int(b * 255), 255)
+    gslice = GridSlice.of_coords(years_raster)
+    height, width = values.shape
+    # GDAL writes a colour table into a GeoTIFF, and COG keeps it when copying from one
+    with rasterio.MemoryFile() as mem:
+        with mem.open(
+            driver="GTiff",
+            width=width,
+            height=height,
+            count=1,
+            dtype="uint16",
+            crs=CRS_GRID.to_wkt(),
+            transform=gslice.geobox.affine,
+            nodata=0,
+        ) as tmp:
+            tmp.write(values, 1)
+            tmp.write_colormap(1, colours)
+        with mem.open() as src:
+            rasterio.shutil.copy(src, path, driver="COG", compress="DEFLATE")
+
+
+def _expansion(mined: xr.DataArray, groups: xr.DataArray | None, names: dict[int, str]) -> pd.DataFrame:
+    """One polygon per year and connected patch of new mining, with its year, area and group."""
+    is_mined = mined == MINED
+    new = is_mined & (mined.shift(year=1, fill_value=UNKNOWN) == NOT_MINED)
+    parts = []
+    for year in mined.year.values[1:]:
+        patch = new.sel(year=year).astype(np.float32)
+        gdf = mine_polygons_from(patch, threshold=0.5, min_pixels=1)
+        if gdf.empty:
+            continue
+        group: str | list[str] = ""
+        if groups is not None:
+            points = gdf.to_crs(CRS_GRID.to_wkt()).representative_point()
+            at = groups.sel(
+                x=xr.DataArray(points.x.values), y=xr.DataArray(points.y.values), method="nearest"
+            )
+            group = [names.get(int(g), "") for g in at.values]
+        parts.append(gdf.assign(year=int(year), group=group))
+    columns = ["year", "AREA", "pixels", "group", "geometry"]
+    return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
+
+
+def plot_change(table: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """PNG of the mined km2 against year, one line per group (the ten largest)."""
+    fig = Figure(figsize=(9, 5))
+    ax = fig.subplots()
+    top = table.groupby("group").mined_km2.max().nlargest(10).index
+    for group, rows in table[table.group.isin(top)].groupby("group"):
+        ax.plot(rows.year, rows.mined_km2, marker="o", ms=3, label=str(group))
+    ax.set_xlabel("year")
+    ax.set_ylabel("mined km2 (after the temporal rule)")
+    ax.set_title("Mining area over time")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return Path(path)
+
+
+def plot_onset(onset: xr.DataArray, path: str | os.PathLike) -> Path:
+    """PNG map of the onset year of every mined pixel."""
+    fig = Figure(figsize=(8, 7))
+    ax = fig.subplots()
+    values = onset.values.astype(float)
+    values[values == NO_YEAR_VALUE] = np.nan
+    im = ax.imshow(values, cmap="viridis")
+    fig.colorbar(im, ax=ax, fraction=0.04, label="onset year")
+    ax.set_title("When mining started")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return Path(path)
+
+
+def animate_mining(mined: xr.DataArray, path: str | os.PathLike) -> Path:
+    """An animated GIF of the consistent yearly maps (mined in yellow)."""
+    from PIL import Image  # matplotlib's own dependency
+
+    step = max(1, max(mined.sizes["y"], mined.sizes["x"]) // 512)
+    frames = []
+    for year in mined.year.values:
+        m = mined.sel(year=year).values[::step, ::step]
+        rgb = np.zeros((*m.shape, 3), np.uint8)
+        rgb[m == MINED] = (250, 220, 40)
+        rgb[m == NOT_MINED] = (30, 60, 40)
+        frames.append(Image.fromarray(rgb))
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=500, loop=0)
+    return Path(path)

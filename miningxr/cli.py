@@ -18,6 +18,7 @@ from typing import Any, get_args
 import distributed
 
 from . import __version__
+from .change import GROUPINGS, change, summary
 from .cluster import dask_client
 from .config import Config, Loss, LrSchedule, TrainConfig
 from .errors import MiningxrError, UsageError
@@ -248,6 +249,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--threshold", type=float, default=0.5)
+    _common(p, scheduler=_THREADS_HELP)
+
+    p = sub.add_parser(
+        "change",
+        help="when each mine opened and how mining grew, from predictions of several years",
+        description="Apply the temporal consistency rule to a prediction store of several years, "
+        "then write the mined, new and lost km2 per year and group (change.csv, change.parquet), "
+        "onset and closure years as COGs, the new mining of each year as polygons "
+        "(expansion.gpkg), and pictures (change.png, onset.png, with --animate mining.gif).",
+    )
+    p.add_argument("--predictions", required=True, help="a prediction store of several years")
+    p.add_argument("--out", required=True, help="folder for the table, rasters and pictures")
+    p.add_argument("--by", default="region", choices=GROUPINGS, help="group the table by (default: region)")
+    _polygon_args(p, "polygons to group by (--by polygon)")
+    p.add_argument("--threshold", type=float, help="probability that counts as mined (default 0.5)")
+    p.add_argument(
+        "--window", type=int, help="years of the majority window of the temporal rule (odd; default 3)"
+    )
+    p.add_argument("--animate", action="store_true", help="also write mining.gif, the yearly maps")
     _common(p, scheduler=_THREADS_HELP)
 
     p = sub.add_parser(
@@ -489,6 +509,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_change(args: argparse.Namespace) -> int:
+    cfg = _config(args).replace("change", threshold=args.threshold, window=args.window).change
+    if (args.layer or args.columns) and not args.polygons:
+        raise UsageError("--layer and --columns describe --polygons FILE; give it too")
+    polygons = (
+        read_polygons(args.polygons, layer=args.layer, columns=args.columns, require_columns=False)
+        if args.polygons
+        else None
+    )
+    with _cluster(args):
+        table = change(
+            args.predictions, args.out, by=args.by, polygons=polygons, config=cfg, animate=args.animate
+        )
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(json_dumps(summary(table)))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo  # TensorFlow: loaded only by the commands that need it
 
@@ -502,6 +540,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "predict": cmd_predict,
     "evaluate": cmd_evaluate,
     "export": cmd_export,
+    "change": cmd_change,
     "demo": cmd_demo,
 }
 

@@ -37,9 +37,9 @@ from .catalog import Catalog
 from .config import PredictConfig, StoreLayout
 from .encoding import FILL_VALUE, GRID_MAPPING_ATTRS, normalize
 from .errors import ModelFileError, ModelMismatchError, StoreError, YearError
-from .grid import GLOBAL_SHAPE, GridSlice
+from .grid import GLOBAL_SHAPE, GridSlice, sparse_cover
 from .shards import IngestReport, run_shards, shard_writer
-from .store import check_writable_folder, create_atomically, global_template
+from .store import check_writable_folder, create_atomically, global_template, region_name
 
 if TYPE_CHECKING:
     import keras
@@ -484,6 +484,19 @@ def _model_record(attrs: dict[str, Any]) -> dict[str, Any]:
                 h.update(block)
         identity = f"{p.name} sha256:{h.hexdigest()[:16]}"
     return {"identity": identity, "bands": list(attrs.get("bands", [])), "tile_size": attrs.get("tile_size")}
+
+
+def prediction_regions(path: str | os.PathLike) -> dict[str, GridSlice]:
+    """The regions a prediction store holds (any year): disjoint rectangles of whole shards, by
+    name (its top-left shard, as :func:`~miningxr.open_regions` names them)."""
+    meta = _prediction_meta(Path(path))
+    with Catalog(path, readonly=True) as cat:
+        done = cat.shards("mining_probability", state="done")
+    if done.empty:
+        raise StoreError(f"{path} holds no prediction yet; write some with `miningxr predict`")
+    shard = int(meta["shard"])
+    rects = sparse_cover(zip(done.shard_row, done.shard_col, strict=True), shard)
+    return {region_name(r, shard): r for r in rects}
 
 
 def predicted_extent(path: str | os.PathLike) -> GridSlice | None:

@@ -119,3 +119,68 @@ def test_a_lazy_cube_gives_the_same_series(cube):
     assert lazy.chunks is not None
     np.testing.assert_array_equal(lazy.values, consistent_mining(cube).values)
     assert set(np.unique(lazy.values)) <= {UNKNOWN, NOT_MINED, MINED}
+
+
+# --------------------------------------------------------------------------- a prediction store
+
+
+def test_change_of_a_prediction_store_writes_the_table_rasters_polygons_and_pictures(
+    two_regions, two_region_predictions, tmp_path, capsys
+):
+    import geopandas as gpd
+    import pandas as pd
+    import rasterio
+
+    from miningxr.change import change, prediction_regions
+    from miningxr.cli import main
+    from miningxr.predict import open_predictions
+
+    out = tmp_path / "change"
+    command = f"change --predictions {two_region_predictions} --out {out} --by country --animate -q"
+    assert main(command.split()) == 0
+    assert "mined_km2" in capsys.readouterr().out
+    table = pd.read_csv(out / "change.csv")
+    assert set(table.group) == {"ZAF", "USA"} and set(table.year) == {2019, 2020}
+    pd.testing.assert_frame_equal(table, pd.read_parquet(out / "change.parquet"), check_dtype=False)
+    # the table's sums are the rasters' sums
+    mined = 0
+    for gslice in prediction_regions(two_region_predictions).values():
+        prob = open_predictions(two_region_predictions, xr.Dataset(coords=gslice.coords()))
+        mined += int((consistent_mining(prob) == MINED).sum())
+    assert table.mined_km2.sum() == pytest.approx(mined * 0.0009)
+    for name in ("onset", "closure"):
+        tifs = sorted(out.glob(f"{name}_r*.tif"))
+        assert len(tifs) == 2
+        with rasterio.open(tifs[0]) as f:
+            assert f.crs.to_epsg() == 6933 and f.dtypes[0] == "uint16" and f.nodata == 0
+            if name == "onset":
+                assert f.colormap(1)[2020][3] == 255  # a colour per year
+    expansion = gpd.read_file(out / "expansion.gpkg")
+    assert {"year", "AREA", "group"} <= set(expansion.columns) and expansion.is_valid.all()
+    if len(expansion):
+        assert set(expansion.year) == {2020}
+    for picture in ("change.png", "onset.png", "mining.gif"):
+        assert (out / picture).stat().st_size > 1000
+    # by region, the same totals
+    by_region = change(two_region_predictions, by="region")
+    assert by_region.groupby("year").mined_km2.sum().tolist() == pytest.approx(
+        table.groupby("year").mined_km2.sum().tolist()
+    )
+
+
+def test_change_needs_several_years_and_a_known_grouping(store, tiny_model, tmp_path):
+    from miningxr import open_store, predict, write_predictions
+    from miningxr.change import change
+
+    one_year = tmp_path / "p.zarr"
+    write_predictions(
+        predict(open_store(store).isel(y=slice(0, 512), x=slice(0, 512)), tiny_model),
+        one_year,
+        progress=False,
+    )
+    with pytest.raises(ConfigError, match="one year \\(2020\\) there: change over time needs several"):
+        change(one_year)
+    with pytest.raises(ConfigError, match="unknown grouping 'mine'"):
+        change(one_year, by="mine")
+    with pytest.raises(ConfigError, match="--polygons FILE"):
+        change(one_year, by="polygon")

@@ -152,31 +152,33 @@ def change_table(
 
     ``groups`` is an integer ``(y, x)`` raster on the same grid (0 = in no group), e.g. polygon
     ids or countries rasterized; ``names`` names its values. Without it, one group ``all``.
-    New km2 in a year are pixels mined that year and not the year before; lost, the reverse;
-    the first year has no new or lost area.
+    New km2 in a year are pixels mined that year and known as not mined the year before; lost,
+    the reverse; the first year has no new or lost area. A group with nothing mined, new or lost
+    in a year has no row for it.
     """
-    ids = groups if groups is not None else xr.zeros_like(mined.isel(year=0), dtype=np.int32) + 1
-    is_mined = (mined == MINED).astype(np.int64)
-    before = is_mined.shift(year=1, fill_value=-1)
-    new = ((is_mined == 1) & (before == 0)).astype(np.int64)
-    lost = ((is_mined == 0) & (before == 1) & (mined != UNKNOWN)).astype(np.int64)
-    frames = []
-    for name, arr in (("mined", is_mined), ("new", new), ("lost", lost)):
-        per = arr.groupby(ids.rename("group")).sum() if groups is not None else arr.sum(("y", "x"))
-        frames.append(per.rename(name).to_dataframe()[[name]])
-    table = pd.concat(frames, axis=1).reset_index()
-    if groups is None:
-        table["group"] = "all"
-    else:
-        table = table[table["group"] != 0]
-        table["group"] = table["group"].map(lambda g: (names or {}).get(int(g), str(int(g))))
-    for name in ("mined", "new", "lost"):
-        table[f"{name}_km2"] = table.pop(name) * PIXEL_AREA_KM2
-    return (
-        table[["year", "group", "mined_km2", "new_km2", "lost_km2"]]
-        .sort_values(["group", "year"])
-        .reset_index(drop=True)
+    state = np.asarray(mined.transpose("year", "y", "x").values).reshape(mined.sizes["year"], -1)
+    ids = (
+        np.asarray(groups.values).ravel().astype(np.int64)
+        if groups is not None
+        else np.ones(state.shape[1], np.int64)
     )
+    n = int(ids.max()) + 1 if ids.size else 1
+    is_mined = state == MINED
+    # new: mined after a year known as not mined; lost: the reverse (unknown years count as neither)
+    new = np.zeros_like(is_mined)
+    lost = np.zeros_like(is_mined)
+    new[1:] = is_mined[1:] & (state[:-1] == NOT_MINED)
+    lost[1:] = (state[1:] == NOT_MINED) & is_mined[:-1]
+    rows = []
+    for k, year in enumerate(int(y) for y in mined.year.values):
+        per = [np.bincount(ids, weights=a[k], minlength=n) for a in (is_mined, new, lost)]
+        for g in np.flatnonzero(per[0] + per[1] + per[2] > 0) if groups is not None else [1]:
+            if groups is not None and g == 0:
+                continue  # in no group
+            name = (names or {}).get(int(g), str(int(g))) if groups is not None else "all"
+            rows.append((year, name, *(float(c[g]) * PIXEL_AREA_KM2 for c in per)))
+    table = pd.DataFrame(rows, columns=["year", "group", "mined_km2", "new_km2", "lost_km2"])
+    return table.sort_values(["group", "year"]).reset_index(drop=True)
 
 
 def summary(table: pd.DataFrame) -> dict[str, Any]:

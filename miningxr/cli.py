@@ -110,6 +110,12 @@ def _polygon_args(p: argparse.ArgumentParser, help: str) -> None:
     )
 
 
+_CHANGE = (
+    "Apply the temporal consistency rule to a prediction store of several years, then write the "
+    "mined, new and lost km2 per year and group (change.csv, change.parquet), onset and closure "
+    "years as COGs, the new mining of each year as polygons (expansion.gpkg), and pictures "
+    "(change.png, onset.png, with --animate mining.gif). See docs/change.md."
+)
 _LOCAL_CLUSTER_HELP = "Dask scheduler address (tcp://host:8786); default: a new LocalCluster"
 _THREADS_HELP = (
     "run on this Dask cluster (tcp://host:8786, or 'local'); default: Dask's threads in this process"
@@ -251,14 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5)
     _common(p, scheduler=_THREADS_HELP)
 
-    p = sub.add_parser(
-        "change",
-        help="when each mine opened and how mining grew, from predictions of several years",
-        description="Apply the temporal consistency rule to a prediction store of several years, "
-        "then write the mined, new and lost km2 per year and group (change.csv, change.parquet), "
-        "onset and closure years as COGs, the new mining of each year as polygons "
-        "(expansion.gpkg), and pictures (change.png, onset.png, with --animate mining.gif).",
-    )
+    p = sub.add_parser("change", help="when each mine opened and how mining grew", description=_CHANGE)
     p.add_argument("--predictions", required=True, help="a prediction store of several years")
     p.add_argument("--out", required=True, help="folder for the table, rasters and pictures")
     p.add_argument("--by", default="region", choices=GROUPINGS, help="group the table by (default: region)")

@@ -232,14 +232,19 @@ def change(
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         check_output_folder(out, holds="the change table, rasters and pictures")
-    tables, expansions, frames = [], [], []
-    for name, gslice in regions.items():
-        prob = open_predictions(predictions, xr.Dataset(coords=gslice.coords()))
+    # every region checked (lazily) before the first is computed or written
+    probs = {
+        name: open_predictions(predictions, xr.Dataset(coords=g.coords())) for name, g in regions.items()
+    }
+    for prob in probs.values():
         if prob.sizes["year"] < 2:
             raise ConfigError(
                 f"the predictions in {predictions} hold one year ({int(prob.year[0])}) there: change "
                 "over time needs several; predict more (`miningxr predict ... --years ...`)"
             )
+    tables, expansions, frames = [], [], []
+    for name, gslice in regions.items():
+        prob = probs[name]
         mined = consistent_mining(prob, cfg).compute()
         groups, names = _groups(gslice, by, gdf, name)
         tables.append(change_table(mined, groups, names))

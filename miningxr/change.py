@@ -88,6 +88,12 @@ def temporal_rule(observed: np.ndarray, window: int = 3) -> np.ndarray:
     return np.where(inside, mined, UNKNOWN).astype(np.int8)
 
 
+def observed_mining(prob: xr.DataArray, threshold: float = 0.5) -> xr.DataArray:
+    """The yearly predictions before the rule: 1 where ``prob >= threshold``, 0 below, NaN
+    where there is no prediction."""
+    return xr.where(prob.isnull(), np.nan, (prob >= threshold).astype(np.float32))
+
+
 def consistent_mining(prob: xr.DataArray, config: ChangeConfig | None = None) -> xr.DataArray:
     """Mined or not, year by year, after the temporal consistency rule (see the module).
 
@@ -98,7 +104,7 @@ def consistent_mining(prob: xr.DataArray, config: ChangeConfig | None = None) ->
     cfg = config or ChangeConfig()
     if "year" not in prob.dims:
         raise ConfigError("change over time needs predictions with a year axis (year, y, x)")
-    observed = xr.where(prob.isnull(), np.nan, (prob >= cfg.threshold).astype(np.float32))
+    observed = observed_mining(prob, cfg.threshold)
     if observed.chunks is not None:
         observed = observed.chunk({"year": -1})
     out = xr.apply_ufunc(
@@ -191,6 +197,96 @@ def summary(table: pd.DataFrame) -> dict[str, Any]:
         "new_km2": float(by_year.new_km2.sum()),
         "lost_km2": float(by_year.lost_km2.sum()),
     }
+
+
+# --------------------------------------------------------------------------- against a reference
+
+
+def flicker(series: xr.DataArray | np.ndarray, where: np.ndarray | None = None) -> float:
+    """Mined/not-mined switches per pixel per decade of a ``(year, ...)`` series.
+
+    ``series`` holds 1 (mined), 0 (not) and NaN or -1 (unknown); a switch is a change between
+    two consecutive known years, gaps skipped. ``where`` (a boolean mask over the other axes)
+    picks the pixels counted, e.g. those ever mined; by default all.
+
+    >>> flicker(np.array([0, 1, 0, np.nan, 1, 1, 1, 1, 1, 1, 1.0]))  # 3 switches in 10 years
+    3.0
+    """
+    a = np.asarray(series, dtype=np.float32)
+    a = np.where(a < 0, np.nan, a).reshape(a.shape[0], -1)
+    if where is not None:
+        a = a[:, np.asarray(where).ravel()]
+    if a.shape[1] == 0 or a.shape[0] < 2:
+        return 0.0
+    # forward-fill along time so that a gap neither switches nor hides a switch
+    known = ~np.isnan(a)
+    idx = np.where(known, np.arange(a.shape[0])[:, None], 0)
+    np.maximum.accumulate(idx, axis=0, out=idx)
+    filled = np.take_along_axis(a, idx, axis=0)
+    switches = (np.abs(np.diff(filled, axis=0)) > 0.5) & known[1:]
+    return float(switches.sum() / a.shape[1] / (a.shape[0] - 1) * 10)
+
+
+def change_accuracy(
+    mined: xr.DataArray,
+    truth: xr.DataArray,
+    *,
+    mine_ids: xr.DataArray | None = None,
+    opened: dict[int, int] | None = None,
+    observed: xr.DataArray | None = None,
+) -> dict[str, Any]:
+    """How well a consistent series follows a reference: area per year, onset years, flicker.
+
+    ``mined`` is a :func:`consistent_mining` series and ``truth`` the true ``(year, y, x)``
+    mining (1/0) on the same grid and years, e.g. the synthetic source's
+    :func:`~miningxr.sources.synthetic.mining_truth`. Returns:
+
+    - ``per_year``: year, true and found km2, and their relative error;
+    - ``onset_mae_years``: for each mine of ``mine_ids`` (a ``(y, x)`` raster of ids over each
+      mine's first footprint) that ``opened`` (id -> year) after the first year, the median
+      onset found over its footprint against its opening year; the mean absolute error over
+      the mines found, and ``mines_missed``, those with no onset at all;
+    - ``flicker``: switches per pixel per decade over the pixels ever mined in the truth or
+      the series, of the truth, of the series, and of ``observed`` (the thresholded yearly
+      predictions before the rule, NaN where unknown) if given.
+    """
+    years = [int(y) for y in mined.year.values]
+    truth = truth.transpose("year", "y", "x")
+    if [int(y) for y in truth.year.values] != years or truth.shape[1:] != mined.transpose(
+        "year", "y", "x"
+    ).shape[1:]:
+        raise ConfigError("the truth must cover the same years and pixels as the series it checks")
+    m = np.asarray(mined.transpose("year", "y", "x").values)
+    t = np.asarray(truth.values).astype(bool)
+    found_km2 = (m == MINED).sum(axis=(1, 2)) * PIXEL_AREA_KM2
+    true_km2 = t.sum(axis=(1, 2)) * PIXEL_AREA_KM2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(true_km2 > 0, (found_km2 - true_km2) / true_km2, np.nan)
+    per_year = pd.DataFrame(
+        {"year": years, "true_km2": true_km2, "found_km2": found_km2, "relative_error": rel}
+    )
+    report: dict[str, Any] = {"per_year": per_year}
+    if mine_ids is not None and opened:
+        onset = np.asarray(onset_year(mined).values)
+        ids = np.asarray(mine_ids.values)
+        rows = []
+        for mid, year in opened.items():
+            if not years[0] < year <= years[-1]:
+                continue  # opened before the series began: its onset is not observable
+            got = onset[(ids == mid) & (onset != NO_YEAR_VALUE)]
+            rows.append((mid, year, float(np.median(got)) if got.size else np.nan))
+        mines = pd.DataFrame(rows, columns=["MINE_ID", "opened", "onset_found"])
+        err = (mines.onset_found - mines.opened).abs()
+        report.update(
+            onset_mines=mines,
+            onset_mae_years=float(err.mean()) if err.notna().any() else float("nan"),
+            mines_missed=int(err.isna().sum()),
+        )
+    ever = t.any(axis=0) | (m == MINED).any(axis=0)
+    report["flicker"] = {"truth": flicker(t, ever), "consistent": flicker(m, ever)}
+    if observed is not None:
+        report["flicker"]["observed"] = flicker(observed.transpose("year", "y", "x").values, ever)
+    return report
 
 
 # --------------------------------------------------------------------------- a prediction store

@@ -160,9 +160,31 @@ class SyntheticConfig:
     mine_probability: float = 0.7
     mine_radius: tuple[int, int] = (30, 100)
     noise: float = 0.012
+    #: the share of mines that close (8-22 years after they opened) and then revegetate
+    closure_probability: float = 0.3
+    #: years a closed mine takes to revegetate (its pit stays a lake)
+    revegetation_years: int = 4
+    #: year-to-year radiometric variation: each band's gain is 1 +- this, drawn per year
+    year_gain: float = 0.05
+    #: the most residual cloud (no data) a year's composite keeps, as a share of pixels
+    cloud_cover: float = 0.05
+    #: years whose composites keep Landsat 7 SLC-off stripes of no data (all of them in the
+    #: last year, when Landsat 7 flew alone; a share of them in the years before)
+    slc_off_years: tuple[int, int] = (2003, 2012)
+    #: confusers: bare fields that lie fallow some years, and construction sites that are
+    #: bright bare ground for two years before they become buildings (share of lattice cells)
+    field_probability: float = 0.35
+    construction_probability: float = 0.15
 
     def __post_init__(self) -> None:
         _check_types(self, "synthetic")
+        for name in ("closure_probability", "cloud_cover", "field_probability", "construction_probability"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"[synthetic] {name} must be between 0 and 1, got {getattr(self, name)!r}")
+        if not 0 <= self.year_gain < 0.5:
+            raise ConfigError(f"[synthetic] year_gain must be between 0 and 0.5, got {self.year_gain!r}")
+        if self.revegetation_years < 1:
+            raise ConfigError(f"[synthetic] revegetation_years must be >= 1, got {self.revegetation_years!r}")
         lo, hi = self.mine_radius
         if not 0 < lo <= hi or self.mine_cell <= 2.7 * hi:
             raise ConfigError(

@@ -1,4 +1,9 @@
-"""``miningxr demo``: the whole pipeline on the synthetic source, into one folder."""
+"""``miningxr demo``: the whole pipeline on the synthetic source, into one folder.
+
+``miningxr demo`` maps one year; ``miningxr demo --temporal`` follows a span of years: it
+trains on the reference year's polygons, predicts every year, runs :func:`~miningxr.change`
+and checks the mined area and onset years against the synthetic source's per-year truth.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .change import change, change_accuracy, consistent_mining, observed_mining
 from .cluster import dask_client
 from .config import Config
+from .errors import UsageError
 from .evaluate import evaluate, plot_map, plot_tiles
 from .export import export
 from .grid import GridSlice, Region
@@ -19,7 +26,7 @@ from .jsonio import write_json
 from .labels import write_mask
 from .model.train import train
 from .predict import open_predictions, predict, write_predictions
-from .sources.synthetic import mine_polygons
+from .sources.synthetic import mine_polygons, mine_table, mining_truth
 from .store import open_store
 from .tiles import tile_index
 
@@ -35,17 +42,39 @@ def _stage(name: str, times: dict[str, float]) -> Iterator[None]:
     log.info("stage %s done in %.1fs", name, times[name])
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    cfg = Config.from_file(args.config) if args.config else Config()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    store, pred_store = out / "store.zarr", out / "predictions.zarr"
+def _demo_region(args: argparse.Namespace, cfg: Config) -> tuple[GridSlice, int]:
+    """The demo's shards from the shard at ``--lon/--lat``: its slice and how many shards."""
     shard = cfg.store.shard
     r0, c0 = GridSlice.of_geobox(
         Region.from_bbox((args.lon, args.lat, args.lon + 1e-4, args.lat + 1e-4)).slice(shard).geobox
     ).shard_ids(shard)[0]
     ids = [(r0 + i, c0 + j) for i in range(args.shards[0]) for j in range(args.shards[1])]
-    region = GridSlice.covering(ids, shard)
+    return GridSlice.covering(ids, shard), len(ids)
+
+
+def _demo_training(args: argparse.Namespace, cfg: Config) -> tuple[Config, Config]:
+    """The demo's tile and training settings: small and quick on CPU, unless the config file
+    sets its own."""
+    tiles = cfg.replace("tiles", negative_ratio=0.5) if cfg.tiles == Config().tiles else cfg
+    if cfg.train == Config().train:  # a small UNet that trains on CPU in a minute
+        return tiles, cfg.replace(
+            "train",
+            base_filters=args.base_filters,
+            epochs=args.epochs,
+            learning_rate=2e-3,
+            patience=args.epochs,
+        )
+    return tiles, cfg
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    if getattr(args, "temporal", False):
+        return run_temporal_demo(args)
+    cfg = Config.from_file(args.config) if args.config else Config()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    store, pred_store = out / "store.zarr", out / "predictions.zarr"
+    region, n_shards = _demo_region(args, cfg)
     times: dict[str, float] = {}
     progress = not args.quiet
     t_all = time.perf_counter()
@@ -67,24 +96,15 @@ def run_demo(args: argparse.Namespace) -> int:
             polys = mine_polygons(region, args.year, config=cfg.synthetic)
             polys.to_file(out / "mines.gpkg", layer="mining_polygons", driver="GPKG")
             print(write_mask(store, out / "mines.gpkg", progress=progress))
+        tiles_cfg, train_cfg = _demo_training(args, cfg)
         with _stage("tiles", times):
-            tiles_cfg = (
-                cfg.replace("tiles", negative_ratio=0.5).tiles if cfg.tiles == Config().tiles else cfg.tiles
-            )
-            index = tile_index(store, year=args.year, config=tiles_cfg)
+            index = tile_index(store, year=args.year, config=tiles_cfg.tiles)
             counts = index[index.selected].groupby("split").positive.agg(["size", "sum"])
             log.info("tiles (selected, positive) per split:\n%s", counts.to_string())
         with _stage("train", times):
-            tcfg = cfg.train
-            if tcfg == Config().train:  # demo defaults: a small UNet that trains on CPU in a minute
-                tcfg = cfg.replace(
-                    "train",
-                    base_filters=args.base_filters,
-                    epochs=args.epochs,
-                    learning_rate=2e-3,
-                    patience=args.epochs,
-                ).train
-            result = train(store, index=index, config=tcfg, out_dir=out / "run", verbose=2 if progress else 0)
+            result = train(
+                store, index=index, config=train_cfg.train, out_dir=out / "run", verbose=2 if progress else 0
+            )
         with _stage("predict", times):
             ds = open_store(store, years=args.year)
             prob = predict(ds, result.model_path, config=cfg.predict, overlap=args.overlap)
@@ -112,7 +132,7 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     write_json(report, out / "report.json")
     print(f"""
-miningxr demo: synthetic region of {len(ids)} shard(s) ({region.shape[0]}x{region.shape[1]} px), year {args.year}
+miningxr demo: synthetic region of {n_shards} shard(s) ({region.shape[0]}x{region.shape[1]} px), year {args.year}
   test split   IoU {report["iou"]:.3f}   F1 {report["f1"]:.3f}   precision {report["precision"]:.3f}   recall {report["recall"]:.3f}   AUC {report["auc"]:.3f}
   mining area  found {report["area_predicted_km2"]:.1f} km2 vs true {report["area_true_km2"]:.1f} km2 (test split)
   polygons     {report.get("polygons_detected", 0)}/{report.get("polygons_in_split", 0)} detected
@@ -121,3 +141,124 @@ miningxr demo: synthetic region of {len(ids)} shard(s) ({region.shape[0]}x{regio
   outputs      {out}/ (report.json, map.png, tiles.png, exports/, run/model.keras, store.zarr, predictions.zarr)
 """)
     return 0
+
+
+def run_temporal_demo(args: argparse.Namespace) -> int:
+    """``miningxr demo --temporal``: a span of years, change over time, checked against truth."""
+    cfg = Config.from_file(args.config) if args.config else Config()
+    years = list(range(args.first_year, args.last_year + 1))
+    if args.year not in years or len(years) < 3:
+        raise UsageError(
+            f"--year {args.year} (the year the model trains on) must lie in --first-year "
+            f"{args.first_year} .. --last-year {args.last_year}, a span of at least 3 years"
+        )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    store, pred_store = out / "store.zarr", out / "predictions.zarr"
+    region, n_shards = _demo_region(args, cfg)
+    times: dict[str, float] = {}
+    progress = not args.quiet
+    t_all = time.perf_counter()
+    with dask_client(args.scheduler) as client:
+        dashboard = client.dashboard_link
+        print(f"Dask dashboard: {dashboard}")
+        with _stage("ingest", times):
+            print(
+                ingest(
+                    store,
+                    region,
+                    years,
+                    layout=cfg.store,
+                    source_options={"config": cfg.synthetic},
+                    progress=progress,
+                )
+            )
+        with _stage("labels", times):
+            polys = mine_polygons(region, args.year, config=cfg.synthetic)
+            polys.to_file(out / "mines.gpkg", layer="mining_polygons", driver="GPKG")
+            print(write_mask(store, out / "mines.gpkg", progress=progress))
+        tiles_cfg, train_cfg = _demo_training(args, cfg)
+        with _stage("train", times):
+            index = tile_index(store, year=args.year, config=tiles_cfg.tiles)
+            result = train(
+                store, index=index, config=train_cfg.train, out_dir=out / "run", verbose=2 if progress else 0
+            )
+        with _stage("predict", times):
+            ds = open_store(store, years=years)
+            prob = predict(ds, result.model_path, config=cfg.predict, overlap=args.overlap)
+            print(write_predictions(prob, pred_store, progress=progress))
+        with _stage("change", times):
+            table = change(pred_store, out / "change", config=cfg.change, animate=True)
+        with _stage("truth", times):
+            prob = open_predictions(pred_store, ds)
+            mined = consistent_mining(prob, cfg.change).compute()
+            truth = mining_truth(region, years, config=cfg.synthetic)
+            observed = observed_mining(prob, cfg.change.threshold).compute()
+            mines = mine_table(region, config=cfg.synthetic)
+            acc = change_accuracy(
+                mined,
+                truth.mining,
+                mine_ids=truth.mine,
+                opened=dict(zip(mines.MINE_ID.tolist(), mines.opened.tolist(), strict=True)),
+                observed=observed,
+            )
+    per_year = acc["per_year"]
+    per_year.to_csv(out / "change" / "area_vs_truth.csv", index=False)
+    plot_area_vs_truth(per_year, out / "change" / "area_vs_truth.png", train_year=args.year)
+    later = per_year[per_year.year >= min(years[0] + 5, years[-1])]
+    report = {
+        "region": region.describe(),
+        "years": [years[0], years[-1]],
+        "train_year": args.year,
+        "train_test_metrics": result.test_metrics,
+        "onset_mae_years": acc.get("onset_mae_years"),
+        "mines_opened_in_span": len(acc["onset_mines"]) if "onset_mines" in acc else 0,
+        "mines_missed": acc.get("mines_missed"),
+        "area_max_relative_error_after_5_years": float(later.relative_error.abs().max()),
+        "flicker_per_pixel_decade": acc["flicker"],
+        "change_rows": len(table),
+        "stage_seconds": times,
+        "total_seconds": round(time.perf_counter() - t_all, 1),
+        "dashboard": dashboard,
+    }
+    write_json(report, out / "report.json")
+    curve = "\n".join(
+        f"  {r.year}  {r.true_km2:8.2f}  {r.found_km2:8.2f}  {100 * r.relative_error:+6.1f}%"
+        + ("   <- trained on this year" if r.year == args.year else "")
+        for r in per_year.itertuples()
+    )
+    fl = acc["flicker"]
+    print(f"""
+miningxr demo --temporal: synthetic region of {n_shards} shard(s) ({region.shape[0]}x{region.shape[1]} px), \
+years {years[0]}-{years[-1]}, trained on {args.year}
+  year  true km2  found km2  error
+{curve}
+  onset year   mean absolute error {report["onset_mae_years"]:.2f} years over the \
+{report["mines_opened_in_span"] - (report["mines_missed"] or 0)} mines found of \
+{report["mines_opened_in_span"]} that opened in {years[0] + 1}-{years[-1]}
+  area         largest error from {int(later.year.min())}: {100 * report["area_max_relative_error_after_5_years"]:.1f}%
+  flicker      switches per pixel per decade: truth {fl["truth"]:.2f}, yearly predictions \
+{fl.get("observed", float("nan")):.2f}, after the temporal rule {fl["consistent"]:.2f}
+  time         {"  ".join(f"{k} {v:.0f}s" for k, v in times.items())}   total {report["total_seconds"]:.0f}s
+  outputs      {out}/ (report.json, change/: change.csv, onset.tif, expansion.gpkg, change.png, \
+onset.png, mining.gif, area_vs_truth.png)
+""")
+    return 0
+
+
+def plot_area_vs_truth(per_year, path: Path, *, train_year: int | None = None) -> Path:
+    """PNG: the mined km2 found each year against the truth."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4))
+    ax = fig.subplots()
+    ax.plot(per_year.year, per_year.true_km2, "k-", label="truth")
+    ax.plot(per_year.year, per_year.found_km2, "o-", color="tab:orange", ms=3, label="found (after the rule)")
+    if train_year is not None:
+        ax.axvline(train_year, color="grey", ls=":", label=f"trained on {train_year}")
+    ax.set_xlabel("year")
+    ax.set_ylabel("mined km2")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path

@@ -279,15 +279,19 @@ def plot_tiles(
     """PNG of sample tiles: true colour, false colour (SWIR2-NIR-red), truth, prediction."""
     t = int(index.attrs["config"]["tile_size"])
     gslice = GridSlice.of_coords(prob)
-    cand = index[(index.split == split) & index.positive]
-    cand = cand[
-        (cand.row0 >= gslice.row0)
-        & (cand.row0 + t <= gslice.row1)
-        & (cand.col0 >= gslice.col0)
-        & (cand.col0 + t <= gslice.col1)
+    inside = index[
+        (index.row0 >= gslice.row0)
+        & (index.row0 + t <= gslice.row1)
+        & (index.col0 >= gslice.col0)
+        & (index.col0 + t <= gslice.col1)
     ]
-    if cand.empty:
-        cand = index[index.split == split]
+    if inside.empty:
+        raise EvaluateError("the tile index has no tile inside the predicted region: nothing to plot")
+    # the split's tiles with mining, else its tiles, else (a region the split missed) any tile
+    of_split = inside[inside.split == split]
+    cand = next(c for c in (of_split[of_split.positive], of_split, inside) if not c.empty)
+    if cand is inside:
+        split = "all"
     pick = cand.sample(min(n, len(cand)), random_state=seed)
     img = _year_of(ds, prob)
     # a Figure of its own, not pyplot's: no global state, no GUI backend, safe in threads

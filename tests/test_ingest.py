@@ -20,8 +20,9 @@ def test_two_regions_ingested_separately_agree_on_overlap(tmp_path, client, shar
     overlap = GridSlice(shard_slice.row0, shard_slice.row1, shard_slice.col0 + 1000, shard_slice.col1)
     va = open_store(a, region=overlap, years=2021).landsat.values
     vb = open_store(b, region=overlap, years=2021).landsat.values
-    assert not np.isnan(va).any()
-    assert np.array_equal(va, vb)
+    # mostly clear (the source leaves some residual cloud as no data), and equal, gaps included
+    assert 0.9 < np.isfinite(va).mean() < 1
+    np.testing.assert_array_equal(va, vb)
 
 
 def test_failed_shard_is_recorded_with_its_error_and_retried_on_request(

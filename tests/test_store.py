@@ -103,7 +103,8 @@ def test_a_sparse_store_opens_region_by_region(two_regions):
         # each node is exactly its region, as open_store of that region gives it
         assert GridSlice.of_coords(ds) in regions and ds.attrs["region"] in nodes
         assert ds.sizes["y"] == ds.sizes["x"] == 1024 and ds.year.values.tolist() == [2019, 2020]
-        assert ds.landsat.notnull().all()
+        # every pixel is held; a few are no data, as the source's residual cloud leaves them
+        assert 0.9 < float(ds.landsat.notnull().mean()) < 1
         direct = open_store(path, region=GridSlice.of_coords(ds))
         np.testing.assert_array_equal(
             ds.landsat.isel(x=slice(0, 64)).values, direct.landsat.isel(x=slice(0, 64)).values

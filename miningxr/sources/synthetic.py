@@ -6,6 +6,14 @@ one mine whose outline, growth and structure are hashed from the cell. Any slice
 chunking, on any worker, therefore gives the same numbers, and the mines' polygons can be
 emitted as a GeoPackage in the schema of the global mining polygons v2 data set.
 
+Over the years the source holds what a change analysis must survive (see
+:class:`~miningxr.config.SyntheticConfig`): mines open, grow, and some close and revegetate
+(their pits stay as lakes); each year's composite has its own radiometric gain per band,
+residual cloud, and in 2003-2012 Landsat 7 SLC-off stripes (no data); bare fields lie fallow
+in some years and not others, and construction sites are bright bare ground for two years
+before they become buildings. :func:`mine_polygons` is the truth of each year: the mines open
+in it.
+
 Example
 -------
 >>> from miningxr.grid import Region
@@ -23,6 +31,7 @@ from functools import lru_cache
 import dask.array as da
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import xarray as xr
 from dask.base import tokenize
 from shapely.geometry import Polygon
@@ -43,6 +52,10 @@ _SPECTRA = {
     "tailings": [0.26, 0.31, 0.34, 0.35, 0.46, 0.39, 0.34],
     "pit": [0.09, 0.11, 0.13, 0.16, 0.27, 0.26, 0.35],
     "pitwater": [0.04, 0.08, 0.07, 0.03, 0.02, 0.01, 0.21],
+    # confusers: a ploughed field, a construction site, the buildings after it
+    "bare": [0.11, 0.14, 0.18, 0.24, 0.35, 0.29, 0.35],
+    "construction": [0.17, 0.20, 0.23, 0.27, 0.38, 0.32, 0.38],
+    "urban": [0.10, 0.11, 0.12, 0.17, 0.20, 0.18, 0.42],
 }
 _SPEC = {k: np.asarray(v, dtype=np.float32)[:, None, None] for k, v in _SPECTRA.items()}
 _M = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -86,26 +99,39 @@ def _value_noise(seed: int, field: int, rows: np.ndarray, cols: np.ndarray, cell
 
 
 class _Mine:
-    __slots__ = ("cx", "cy", "id", "radius", "start", "vertices")
+    __slots__ = ("cx", "cy", "end", "id", "radius", "start", "vertices")
 
-    def __init__(self, mid: int, cx: float, cy: float, radius: float, start: int, vertices: np.ndarray):
-        self.id, self.cx, self.cy, self.radius, self.start, self.vertices = (
+    def __init__(
+        self, mid: int, cx: float, cy: float, radius: float, start: int, end: int | None, vertices: np.ndarray
+    ):
+        self.id, self.cx, self.cy, self.radius, self.start, self.end, self.vertices = (
             mid,
             cx,
             cy,
             radius,
             start,
+            end,
             vertices,
         )
 
+    def is_open(self, year: int) -> bool:
+        """Mines open in ``start`` and, if they close, are no longer mined from ``end``."""
+        return self.start <= year and (self.end is None or year < self.end)
+
     def scale(self, year: int) -> float:
-        """Mines open in ``start`` and grow to full size over 15 years."""
+        """Mines grow from 55% to full size over 15 years; a closed mine keeps its last size."""
         if year < self.start:
             return 0.0
+        if self.end is not None:
+            year = min(year, self.end - 1)
         return float(np.clip(0.55 + 0.45 * (year - self.start) / 15.0, 0.55, 1.0))
 
     def polygon(self, year: int) -> Polygon | None:
-        """Outline in grid CRS metres, or None before the mine opened."""
+        """Outline in grid CRS metres while the mine is open, else None."""
+        return self.footprint(year) if self.is_open(year) else None
+
+    def footprint(self, year: int) -> Polygon | None:
+        """The ground the mine has disturbed by ``year`` (open or closed), or None before it opened."""
         s = self.scale(year)
         if s == 0:
             return None
@@ -117,7 +143,7 @@ class _Mine:
 
 @lru_cache(maxsize=4096)
 def _cell_mine(cfg: SyntheticConfig, cr: int, cc: int) -> _Mine | None:
-    u = _unit(_hash(cfg.seed, 1000, cr, cc, np.arange(8)))
+    u = _unit(_hash(cfg.seed, 1000, cr, cc, np.arange(10)))
     if u[0] >= cfg.mine_probability:
         return None
     lo, hi = cfg.mine_radius
@@ -126,7 +152,8 @@ def _cell_mine(cfg: SyntheticConfig, cr: int, cc: int) -> _Mine | None:
     span = cfg.mine_cell - 2 * margin
     cy = cr * cfg.mine_cell + margin + span * u[2]
     cx = cc * cfg.mine_cell + margin + span * u[3]
-    start = int(cfg.first_year + u[4] * 30)
+    start = int(cfg.first_year + u[4] * 36)
+    end = start + 8 + int(u[9] * 15) if u[8] < cfg.closure_probability else None
     # an irregular, elongated outline: 24 vertices with smoothed random radii
     n = 24
     ang = np.linspace(0, 2 * np.pi, n, endpoint=False)
@@ -138,18 +165,99 @@ def _cell_mine(cfg: SyntheticConfig, cr: int, cc: int) -> _Mine | None:
     vx = x * np.cos(theta) - y * np.sin(theta)
     vy = x * np.sin(theta) + y * np.cos(theta)
     mid = int(cr) * 10_000_000 + int(cc)
-    return _Mine(mid, cx, cy, radius, start, np.column_stack([vx, vy]))
+    return _Mine(mid, cx, cy, radius, start, end, np.column_stack([vx, vy]))
 
 
 def _mines_in(cfg: SyntheticConfig, row0: int, row1: int, col0: int, col1: int) -> list[_Mine]:
-    """Every mine whose cell could reach the pixel window."""
+    """Every mine whose cell could reach the pixel window.
+
+    A mine can reach past its cell (its outline reaches 1.68 ``mine_radius`` from its centre,
+    which lies at least 1.35 from the cell's edge) but never past the next cell, since a cell is
+    wider than 2.7 radii: the window's cells and their neighbours hold every mine in it.
+    """
     c = cfg.mine_cell
     return [
         m
-        for cr in range(max(row0 // c, 0), row1 // c + 1)
-        for cc in range(max(col0 // c, 0), col1 // c + 1)
+        for cr in range(max(row0 // c - 1, 0), (row1 - 1) // c + 2)
+        for cc in range(max(col0 // c - 1, 0), (col1 - 1) // c + 2)
         if (m := _cell_mine(cfg, cr, cc)) is not None
     ]
+
+
+def _lattice(
+    rows: np.ndarray, cols: np.ndarray, cell: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The lattice cells a window touches (``ur``, ``uc``) and each pixel's index into them."""
+    lr, lc = rows // cell, cols // cell
+    ur, uc = np.arange(lr.min(), lr.max() + 1), np.arange(lc.min(), lc.max() + 1)
+    return ur, uc, lr - ur[0], lc - uc[0]
+
+
+@lru_cache(maxsize=1)
+def _noise_levels() -> np.ndarray:
+    """Sorted value-noise samples: the threshold that covers a given share of pixels."""
+    idx = np.arange(0, 4096, 4, dtype=np.int64)
+    return np.sort(_value_noise(-1, 0, idx, idx, 37).ravel())
+
+
+def _cover(noise: np.ndarray, share: float) -> np.ndarray:
+    """The ``share`` of pixels where smooth ``noise`` is highest: blobs, not salt and pepper."""
+    levels = _noise_levels()
+    if share <= 0:
+        return np.zeros(noise.shape, bool)
+    return noise > levels[min(int((1 - share) * len(levels)), len(levels) - 1)]
+
+
+def _bare_fields(cfg: SyntheticConfig, year: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Fields that lie bare (ploughed, fallow) this year: 32-px plots in farming zones, each bare
+    in a third of the years, with a one-pixel margin (hedge, track) between plots."""
+    s, cell = cfg.seed, 32
+    ur, uc, ir, ic = _lattice(rows, cols, cell)
+    field = _unit(_hash(s, 11, ur[:, None], uc[None, :])) < cfg.field_probability
+    bare = field & (_unit(_hash(s, 12, year, ur[:, None], uc[None, :])) < 0.35)
+    zone = _value_noise(s, 10, rows, cols, 1024) > 0.5
+    margin = (rows % cell == 0)[:, None] | (cols % cell == 0)[None, :]
+    return bare[ir][:, ic] & zone & ~margin
+
+
+def _construction(
+    cfg: SyntheticConfig, year: int, rows: np.ndarray, cols: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Construction sites (bright bare ground in their first two years) and the buildings they
+    become: one rectangle of 10-36 px sides in some 160-px lattice cells, from a hashed year."""
+    s, cell = cfg.seed, 160
+    ur, uc, ir, ic = _lattice(rows, cols, cell)
+    u = _unit(_hash(s, 13, ur[:, None, None], uc[None, :, None], np.arange(6)))
+    exists = u[..., 0] < cfg.construction_probability
+    height, width = 10 + 26 * u[..., 1], 10 + 26 * u[..., 2]
+    r0 = ur[:, None] * cell + (cell - height) * u[..., 3]
+    c0 = uc[None, :] * cell + (cell - width) * u[..., 4]
+    begun = cfg.first_year + u[..., 5] * (cfg.last_year - cfg.first_year + 1)
+    dr = rows[:, None] - r0[ir][:, ic]
+    dc = cols[None, :] - c0[ir][:, ic]
+    inside = exists[ir][:, ic] & (dr >= 0) & (dr < height[ir][:, ic]) & (dc >= 0) & (dc < width[ir][:, ic])
+    age = year - np.floor(begun[ir][:, ic])
+    return inside & (age >= 0) & (age < 2), inside & (age >= 2)
+
+
+def _gaps(cfg: SyntheticConfig, year: int, rows: np.ndarray, cols: np.ndarray, u16: np.ndarray) -> np.ndarray:
+    """Pixels without a clear observation this year: residual cloud (a hashed share of up to
+    ``cloud_cover``, in blobs) and, in ``slc_off_years``, Landsat 7 SLC-off stripes: wedges 0 px
+    wide at a scene's centre line and 14 px at its edges, every 33 lines. In the last of those
+    years (Landsat 7 alone) every stripe is a gap; before, Landsat 5 filled two thirds of them."""
+    s = cfg.seed
+    share = cfg.cloud_cover * float(_unit(_hash(s, 15, year)))
+    gaps = _cover(_value_noise(s * 7919 + year, 9, rows, cols, 40), share)
+    lo, hi = cfg.slc_off_years
+    if lo <= year <= hi:
+        scene = 6167  # 185 km of 30 m pixels
+        edge = np.abs((cols % scene) / scene - 0.5) * 2
+        phase = (rows[:, None] + 0.1 * cols[None, :]) % 33
+        stripe = phase < 14 * edge[None, :]
+        if year < hi:
+            stripe &= u16 < 1 / 3
+        gaps |= stripe
+    return gaps
 
 
 def _block(cfg: SyntheticConfig, year: int, row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
@@ -165,10 +273,15 @@ def _block(cfg: SyntheticConfig, year: int, row0: int, row1: int, col0: int, col
 
     img = veg * (_SPEC["veg"] - _SPEC["soil"]) + _SPEC["soil"]
     img[:, rock] = _SPEC["rock"][:, 0]
+    img[:, _bare_fields(cfg, year, rows, cols)] = _SPEC["bare"][:, 0]
+    site, built = _construction(cfg, year, rows, cols)
+    img[:, site] = _SPEC["construction"][:, 0]
+    img[:, built] = _SPEC["urban"][:, 0]
     img *= bright
     img[:, water] = _SPEC["water"][:, 0]
 
-    mines = [(m, p) for m in _mines_in(cfg, row0, row1, col0, col1) if (p := m.polygon(year)) is not None]
+    # every mine that has opened by this year: open ones are mined, closed ones revegetate
+    mines = [(m, p) for m in _mines_in(cfg, row0, row1, col0, col1) if (p := m.footprint(year)) is not None]
     if mines:
         ids = GridSlice(row0, row1, col0, col1).rasterize(
             ((p, i + 1) for i, (_, p) in enumerate(mines)), dtype=np.int32
@@ -179,11 +292,22 @@ def _block(cfg: SyntheticConfig, year: int, row0: int, row1: int, col0: int, col
             cx = np.array([m.cx for m, _ in mines])[k]
             cy = np.array([m.cy for m, _ in mines])[k]
             rad = np.array([m.radius * m.scale(year) for m, _ in mines])[k]
+            is_open = np.array([m.is_open(year) for m, _ in mines])[k]
+            closed_for = np.array([0 if m.is_open(year) else year - (m.end or year) + 1 for m, _ in mines])[k]
             d = np.hypot(rows[ri] - cy, cols[ci] - cx) / rad
             tail = _value_noise(s, 7, rows, cols, 12)[ri, ci] > 0.62
             cls = np.where(d < 0.14, 3, np.where(d < 0.42, 2, tail.astype(np.int64)))
             table = np.stack([_SPECTRA[n] for n in ("mine", "tailings", "pit", "pitwater")], axis=1)
-            img[:, ri, ci] = table[:, cls].astype(np.float32)
+            mined = table[:, cls].astype(np.float32)
+            # closed: the pit floods for good; the rest goes from bare soil back to the land around
+            w = np.minimum(closed_for / (cfg.revegetation_years + 1), 1.0).astype(np.float32)
+            regrown = (1 - w) * _SPEC["soil"][:, 0] + w * img[:, ri, ci]
+            regrown = np.where(cls == 3, _SPEC["pitwater"][:, 0], regrown)
+            img[:, ri, ci] = np.where(is_open, mined, regrown)
+
+    # this year's radiometry: a gain per band (sensor, atmosphere, season of the composite)
+    gain = 1 + cfg.year_gain * (2 * _unit(_hash(s, 14, year, np.arange(len(BANDS)))) - 1)
+    img *= gain.astype(np.float32)[:, None, None]
 
     # per-pixel sensor noise: one 64-bit hash per pixel gives four 16-bit uniforms
     h1 = _hash(s, 8, year, rows[:, None], cols[None, :])
@@ -194,12 +318,13 @@ def _block(cfg: SyntheticConfig, year: int, row0: int, row1: int, col0: int, col
                 ((h >> np.uint64(16 * i)) & np.uint64(0xFFFF)).astype(np.float32)
                 for h in (h1, h2)
                 for i in range(4)
-            ][:7]
+            ]
         )
         / 65535.0
     )
     amp = 2 * cfg.noise * np.asarray([1, 1, 1, 1.5, 1.5, 1.5, 1], np.float32)[:, None, None]
-    img += amp * (u - np.float32(0.5))
+    img += amp * (u[:7] - np.float32(0.5))
+    img[:, _gaps(cfg, year, rows, cols, u[7])] = np.nan
     return encode_dn(img)[None]
 
 
@@ -271,3 +396,51 @@ def mine_polygons(region, year: int, *, config: SyntheticConfig | None = None):
     gdf["ISO3_CODE"] = joined["ISO3_CODE"].fillna("").values
     gdf["COUNTRY_NAME"] = joined["COUNTRY_NAME"].fillna("").values
     return gdf[["ISO3_CODE", "COUNTRY_NAME", "AREA", "MINE_ID", "geometry"]]
+
+
+def mine_table(region, *, config: SyntheticConfig | None = None) -> pd.DataFrame:
+    """Every synthetic mine that reaches a region: ``MINE_ID``, the year it ``opened`` and the
+    year it ``closed`` (the first year it was no longer mined; <NA> for mines still open)."""
+    cfg = config or SyntheticConfig()
+    gslice = as_slice(region)
+    footprint = gslice.geobox.extent.geom
+    recs = [
+        (m.id, m.start, m.end)
+        for m in _mines_in(cfg, gslice.row0, gslice.row1, gslice.col0, gslice.col1)
+        if m.start <= cfg.last_year
+        and (p := m.footprint(cfg.last_year)) is not None
+        and p.intersects(footprint)
+    ]
+    table = pd.DataFrame(recs, columns=["MINE_ID", "opened", "closed"])
+    return table.astype({"MINE_ID": "int64", "opened": "int64", "closed": "Int64"})
+
+
+def mining_truth(region, years: int | Sequence[int], *, config: SyntheticConfig | None = None) -> xr.Dataset:
+    """The true mining of each year on the region's grid: the reference of a change analysis.
+
+    Returns ``mining`` ``(year, y, x)`` uint8 (1 where a mine is open that year, as
+    :func:`mine_polygons` draws it) and ``mine`` ``(y, x)`` int64, the ``MINE_ID`` of the mine
+    whose footprint in its first year covers the pixel (0 elsewhere): the pixels whose onset is
+    that mine's opening year (see :func:`mine_table`).
+    """
+    cfg = config or SyntheticConfig()
+    yrs = check_years(years, cfg.first_year, cfg.last_year, "synthetic")
+    gslice = as_slice(region)
+    mines = _mines_in(cfg, gslice.row0, gslice.row1, gslice.col0, gslice.col1)
+    mining = np.zeros((len(yrs), *gslice.shape), np.uint8)
+    for k, year in enumerate(yrs):
+        shapes = [(p, 1) for m in mines if (p := m.polygon(year)) is not None]
+        if shapes:
+            mining[k] = gslice.rasterize(shapes, dtype=np.uint8)
+    # burnt as positions (int32), then mapped to the int64 MINE_IDs
+    first = [(m.footprint(m.start), k + 1) for k, m in enumerate(mines)]
+    lookup = np.array([0] + [m.id for m in mines], np.int64)
+    ids = lookup[gslice.rasterize(first, dtype=np.int32)] if first else np.zeros(gslice.shape, np.int64)
+    coords = {"year": np.asarray(yrs), **gslice.coords()}
+    return xr.Dataset(
+        {
+            "mining": (("year", "y", "x"), mining, {"long_name": "synthetic mines open in the year"}),
+            "mine": (("y", "x"), ids, {"long_name": "MINE_ID of the mine's footprint in its first year"}),
+        },
+        coords=coords,
+    )

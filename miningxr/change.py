@@ -41,12 +41,13 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from .config import ChangeConfig
-from .errors import ConfigError
+from .errors import ConfigError, MiningxrError
+from .evaluate import false_colour
 from .export import mine_polygons_from
 from .grid import CRS_GRID, PIXEL_AREA_KM2, GridSlice, country_table
 from .labels import rasterize_blocks, read_polygons
 from .predict import open_predictions, prediction_regions
-from .store import check_output_folder
+from .store import check_output_folder, open_store
 
 #: the states of :func:`consistent_mining`
 NOT_MINED, MINED, UNKNOWN = 0, 1, -1
@@ -303,6 +304,7 @@ def change(
     polygons: Any = None,
     config: ChangeConfig | None = None,
     animate: bool = False,
+    store: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """Change over time of a prediction store of several years, region by region.
 
@@ -315,7 +317,8 @@ def change(
       (0 = none), the onset with a colour table from the first year (dark) to the last (yellow);
     - ``expansion.gpkg``: one valid polygon per year and connected patch of new mining, with
       ``year``, ``AREA`` (km2) and ``group``;
-    - ``change.png`` (mined km2 against year, per group), ``onset.png`` (the onset map) and,
+    - ``change.png`` (mined km2 against year, per group), ``onset.png`` (the onset map of the
+      first region, over its false-colour composite when the imagery ``store`` is given) and,
       with ``animate``, ``mining.gif`` (the consistent yearly maps).
     """
     cfg = config or ChangeConfig()
@@ -361,7 +364,9 @@ def change(
             out / "expansion.gpkg", layer="expansion", driver="GPKG"
         )
         plot_change(table, out / "change.png")
-        plot_onset(frames[0][2], out / "onset.png")
+        first_region = frames[0][1]
+        span = (int(first_region.year.values[0]), int(first_region.year.values[-1]))
+        plot_onset(frames[0][2], out / "onset.png", background=_composite(store, frames[0][2]), years=span)
         if animate:
             animate_mining(frames[0][1], out / "mining.gif")
     return table
@@ -455,20 +460,44 @@ def plot_change(table: pd.DataFrame, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def plot_onset(onset: xr.DataArray, path: str | os.PathLike) -> Path:
-    """PNG map of the onset year of every mined pixel."""
+def plot_onset(
+    onset: xr.DataArray,
+    path: str | os.PathLike,
+    *,
+    background: np.ndarray | None = None,
+    years: tuple[int, int] | None = None,
+) -> Path:
+    """PNG map of the onset year of every mined pixel, over an RGB ``background`` of the same
+    shape (a false-colour composite, see :func:`~miningxr.evaluate.false_colour`) when given."""
     fig = Figure(figsize=(8, 7))
     ax = fig.subplots()
+    if background is not None:
+        ax.imshow(background)
     values = onset.values.astype(float)
     values[values == NO_YEAR_VALUE] = np.nan
-    im = ax.imshow(values, cmap="viridis")
-    fig.colorbar(im, ax=ax, fraction=0.04, label="onset year")
+    first, last = years or (np.nanmin(values, initial=0), np.nanmax(values, initial=1))
+    im = ax.imshow(values, cmap="viridis", vmin=first, vmax=max(last, first + 1), interpolation="nearest")
+    hi = max(int(last), int(first) + 1)
+    ticks = sorted({round(float(t)) for t in np.linspace(int(first), hi, min(6, hi - int(first) + 1))})
+    fig.colorbar(im, ax=ax, fraction=0.04, label="onset year", ticks=ticks, format="%d")
     ax.set_title("When mining started")
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     return Path(path)
+
+
+def _composite(store: str | os.PathLike | None, like: xr.DataArray) -> np.ndarray | None:
+    """The SWIR2-NIR-red composite of the store's latest year over ``like``, or None without a
+    store (or where it holds no imagery)."""
+    if store is None:
+        return None
+    try:
+        img = open_store(store, region=GridSlice.of_coords(like)).landsat.isel(year=-1)
+    except MiningxrError:
+        return None
+    return false_colour(img) if bool(img.notnull().any()) else None
 
 
 def animate_mining(mined: xr.DataArray, path: str | os.PathLike) -> Path:

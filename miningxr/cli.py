@@ -260,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("change", help="when each mine opened and how mining grew", description=_CHANGE)
     p.add_argument("--predictions", required=True, help="a prediction store of several years")
     p.add_argument("--out", required=True, help="folder for the table, rasters and pictures")
+    p.add_argument("--store", help="the imagery store: onset.png is drawn over its false-colour composite")
     p.add_argument("--by", default="region", choices=GROUPINGS, help="group the table by (default: region)")
     _polygon_args(p, "polygons to group by (--by polygon)")
     p.add_argument("--threshold", type=float, help="probability that counts as mined (default 0.5)")
@@ -532,7 +533,13 @@ def cmd_change(args: argparse.Namespace) -> int:
     )
     with _cluster(args):
         table = change(
-            args.predictions, args.out, by=args.by, polygons=polygons, config=cfg, animate=args.animate
+            args.predictions,
+            args.out,
+            by=args.by,
+            polygons=polygons,
+            config=cfg,
+            animate=args.animate,
+            store=args.store,
         )
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(json_dumps(summary(table)))

@@ -137,9 +137,7 @@ def test_change_of_a_prediction_store_writes_the_table_rasters_polygons_and_pict
 
     out = tmp_path / "change"
     # a threshold above the untrained model's speckle keeps the polygons few (the rule is tested above)
-    command = (
-        f"change --predictions {two_region_predictions} --out {out} --by country --threshold 0.6 --animate -q"
-    )
+    command = f"change --predictions {two_region_predictions} --out {out} --by country --threshold 0.6 --animate --store {two_regions[0]} -q"
     assert main(command.split()) == 0
     assert "mined_km2" in capsys.readouterr().out
     table = pd.read_csv(out / "change.csv")

@@ -184,7 +184,9 @@ def change_table(
                 continue  # in no group
             name = (names or {}).get(int(g), str(int(g))) if groups is not None else "all"
             rows.append((year, name, *(float(c[g]) * PIXEL_AREA_KM2 for c in per)))
-    table = pd.DataFrame(rows, columns=["year", "group", "mined_km2", "new_km2", "lost_km2"])
+    table = pd.DataFrame(rows, columns=["year", "group", "mined_km2", "new_km2", "lost_km2"]).astype(
+        {"year": "int64", "group": "str", "mined_km2": "float64", "new_km2": "float64", "lost_km2": "float64"}
+    )
     return table.sort_values(["group", "year"]).reset_index(drop=True)
 
 

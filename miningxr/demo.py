@@ -188,7 +188,7 @@ def run_temporal_demo(args: argparse.Namespace) -> int:
             prob = predict(ds, result.model_path, config=cfg.predict, overlap=args.overlap)
             print(write_predictions(prob, pred_store, progress=progress))
         with _stage("change", times):
-            table = change(pred_store, out / "change", config=cfg.change, animate=True)
+            table = change(pred_store, out / "change", config=cfg.change, animate=True, store=store)
         with _stage("truth", times):
             prob = open_predictions(pred_store, ds)
             mined = consistent_mining(prob, cfg.change).compute()

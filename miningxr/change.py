@@ -215,19 +215,26 @@ def flicker(series: xr.DataArray | np.ndarray, where: np.ndarray | None = None) 
     >>> flicker(np.array([0, 1, 0, np.nan, 1, 1, 1, 1, 1, 1, 1.0]))  # 3 switches in 10 years
     3.0
     """
+    a = np.asarray(series)
+    switches, pixels = _switches(a, where)
+    return float(switches / pixels / (a.shape[0] - 1) * 10) if pixels and a.shape[0] > 1 else 0.0
+
+
+def _switches(series: np.ndarray, where: np.ndarray | None) -> tuple[int, int]:
+    """The switches of :func:`flicker` and the number of pixels they were counted over."""
     a = np.asarray(series, dtype=np.float32)
     a = np.where(a < 0, np.nan, a).reshape(a.shape[0], -1)
     if where is not None:
         a = a[:, np.asarray(where).ravel()]
     if a.shape[1] == 0 or a.shape[0] < 2:
-        return 0.0
+        return 0, a.shape[1]
     # forward-fill along time so that a gap neither switches nor hides a switch
     known = ~np.isnan(a)
     idx = np.where(known, np.arange(a.shape[0])[:, None], 0)
     np.maximum.accumulate(idx, axis=0, out=idx)
     filled = np.take_along_axis(a, idx, axis=0)
     switches = (np.abs(np.diff(filled, axis=0)) > 0.5) & known[1:]
-    return float(switches.sum() / a.shape[1] / (a.shape[0] - 1) * 10)
+    return int(switches.sum()), a.shape[1]
 
 
 def change_accuracy(
@@ -242,53 +249,72 @@ def change_accuracy(
 
     ``mined`` is a :func:`consistent_mining` series and ``truth`` the true ``(year, y, x)``
     mining (1/0) on the same grid and years, e.g. the synthetic source's
-    :func:`~miningxr.sources.synthetic.mining_truth`. Returns:
+    :func:`~miningxr.sources.synthetic.mining_truth`. Either may be lazy: they are read a strip
+    of chunk rows at a time, so memory stays at one strip of every year. Returns:
 
     - ``per_year``: year, true and found km2, and their relative error;
     - ``onset_mae_years``: for each mine of ``mine_ids`` (a ``(y, x)`` raster of ids over each
       mine's first footprint) that ``opened`` (id -> year) after the first year, the median
       onset found over its footprint against its opening year; the mean absolute error over
       the mines found, and ``mines_missed``, those with no onset at all;
-    - ``flicker``: switches per pixel per decade over the pixels ever mined in the truth or
-      the series, of the truth, of the series, and of ``observed`` (the thresholded yearly
-      predictions before the rule, NaN where unknown) if given.
+    - ``flicker``: switches per pixel per decade over the pixels ever mined in the truth, the
+      series or ``observed`` (the thresholded yearly predictions before the rule, NaN where
+      unknown), of each of them.
     """
     years = [int(y) for y in mined.year.values]
+    mined = mined.transpose("year", "y", "x")
     truth = truth.transpose("year", "y", "x")
-    if [int(y) for y in truth.year.values] != years or truth.shape[1:] != mined.transpose(
-        "year", "y", "x"
-    ).shape[1:]:
+    if [int(y) for y in truth.year.values] != years or truth.shape != mined.shape:
         raise ConfigError("the truth must cover the same years and pixels as the series it checks")
-    m = np.asarray(mined.transpose("year", "y", "x").values)
-    t = np.asarray(truth.values).astype(bool)
-    found_km2 = (m == MINED).sum(axis=(1, 2)) * PIXEL_AREA_KM2
-    true_km2 = t.sum(axis=(1, 2)) * PIXEL_AREA_KM2
+    found = np.zeros(len(years))
+    true = np.zeros(len(years))
+    switches = dict.fromkeys(("truth", "consistent", "observed"), 0)
+    pixels = 0
+    wanted = {mid: y for mid, y in (opened or {}).items() if years[0] < y <= years[-1]}
+    onsets: dict[int, list[np.ndarray]] = {}  # the mines whose first footprint is in the grid
+    step = mined.chunks[1][0] if mined.chunks is not None else mined.sizes["y"]
+    for r0 in range(0, mined.sizes["y"], step):
+        rows = {"y": slice(r0, r0 + step)}
+        m = np.asarray(mined.isel(rows).values)
+        t = np.asarray(truth.isel(rows).values).astype(bool)
+        is_mined = m == MINED
+        found += is_mined.sum(axis=(1, 2))
+        true += t.sum(axis=(1, 2))
+        ever = t.any(axis=0) | is_mined.any(axis=0)
+        if observed is not None:
+            o = np.asarray(observed.transpose("year", "y", "x").isel(rows).values)
+            ever |= (o == 1).any(axis=0)
+            switches["observed"] += _switches(o, ever)[0]
+        pixels += int(ever.sum())
+        switches["truth"] += _switches(t, ever)[0]
+        switches["consistent"] += _switches(m, ever)[0]
+        if wanted and mine_ids is not None:
+            ids = np.asarray(mine_ids.isel(rows).values)
+            onset = np.where(is_mined.any(axis=0), np.asarray(years)[is_mined.argmax(axis=0)], NO_YEAR_VALUE)
+            for mid in np.intersect1d(np.unique(ids), list(wanted)):
+                onsets.setdefault(int(mid), []).append(onset[(ids == mid) & (onset != NO_YEAR_VALUE)])
+    found_km2, true_km2 = found * PIXEL_AREA_KM2, true * PIXEL_AREA_KM2
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(true_km2 > 0, (found_km2 - true_km2) / true_km2, np.nan)
     per_year = pd.DataFrame(
         {"year": years, "true_km2": true_km2, "found_km2": found_km2, "relative_error": rel}
     )
     report: dict[str, Any] = {"per_year": per_year}
-    if mine_ids is not None and opened:
-        onset = np.asarray(onset_year(mined).values)
-        ids = np.asarray(mine_ids.values)
-        rows = []
-        for mid, year in opened.items():
-            if not years[0] < year <= years[-1]:
-                continue  # opened before the series began: its onset is not observable
-            got = onset[(ids == mid) & (onset != NO_YEAR_VALUE)]
-            rows.append((mid, year, float(np.median(got)) if got.size else np.nan))
-        mines = pd.DataFrame(rows, columns=["MINE_ID", "opened", "onset_found"])
+    if wanted and mine_ids is not None:
+        rows_ = []
+        for mid, parts in onsets.items():
+            got = np.concatenate(parts)
+            rows_.append((mid, wanted[mid], float(np.median(got)) if got.size else np.nan))
+        mines = pd.DataFrame(rows_, columns=["MINE_ID", "opened", "onset_found"])
         err = (mines.onset_found - mines.opened).abs()
         report.update(
             onset_mines=mines,
             onset_mae_years=float(err.mean()) if err.notna().any() else float("nan"),
             mines_missed=int(err.isna().sum()),
         )
-    ever = t.any(axis=0) | (m == MINED).any(axis=0)
-    report["flicker"] = {"truth": flicker(t, ever), "consistent": flicker(m, ever)}
-    if observed is not None:
-        report["flicker"]["observed"] = flicker(observed.transpose("year", "y", "x").values, ever)
+    decades = max(len(years) - 1, 1) / 10
+    keys = ("truth", "consistent", "observed") if observed is not None else ("truth", "consistent")
+    report["flicker"] = {k: switches[k] / max(pixels, 1) / decades for k in keys}
     return report
 
 

@@ -191,9 +191,10 @@ def run_temporal_demo(args: argparse.Namespace) -> int:
             table = change(pred_store, out / "change", config=cfg.change, animate=True, store=store)
         with _stage("truth", times):
             prob = open_predictions(pred_store, ds)
-            mined = consistent_mining(prob, cfg.change).compute()
+            # lazy: change_accuracy reads them a strip of chunks at a time
+            mined = consistent_mining(prob, cfg.change)
             truth = mining_truth(region, years, config=cfg.synthetic)
-            observed = observed_mining(prob, cfg.change.threshold).compute()
+            observed = observed_mining(prob, cfg.change.threshold)
             mines = mine_table(region, config=cfg.synthetic)
             acc = change_accuracy(
                 mined,

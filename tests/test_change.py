@@ -185,3 +185,57 @@ def test_change_needs_several_years_and_a_known_grouping(store, tiny_model, tmp_
         change(one_year, by="mine")
     with pytest.raises(ConfigError, match="--polygons FILE"):
         change(one_year, by="polygon")
+
+
+def _cube(values, years, chunks=None):
+    a = xr.DataArray(
+        np.asarray(values, dtype=np.float32),
+        dims=("year", "y", "x"),
+        coords={"year": years, "y": np.arange(np.shape(values)[1]), "x": np.arange(np.shape(values)[2])},
+    )
+    return a.chunk({"year": -1, "y": chunks}) if chunks else a
+
+
+@pytest.mark.parametrize("chunks", [None, 1])
+def test_change_accuracy_against_a_known_truth(chunks):
+    from miningxr.change import change_accuracy, observed_mining
+    from miningxr.grid import PIXEL_AREA_KM2
+
+    years = list(range(2000, 2008))
+    # truth: mine 7 opens in 2003 on two pixels (row 0), mine 9 was open from the start (row 1)
+    truth = np.zeros((8, 2, 3))
+    truth[3:, 0, :2] = 1
+    truth[:, 1, 0] = 1
+    # predictions: mine 7 found a year late on one pixel, in time on the other; one spike in 2005
+    prob = np.zeros((8, 2, 3))
+    prob[4:, 0, 0] = 0.9
+    prob[3:, 0, 1] = 0.9
+    prob[:, 1, 0] = 0.9
+    prob[5, 1, 2] = 0.9
+    prob[6, 0, 0] = np.nan  # a gap, bridged
+    ids = xr.DataArray(np.array([[7, 7, 0], [9, 0, 0]]), dims=("y", "x"))
+    p = _cube(prob, years, chunks)
+    mined = consistent_mining(p)
+    acc = change_accuracy(
+        mined, _cube(truth, years, chunks), mine_ids=ids, opened={7: 2003, 9: 1990}, observed=observed_mining(p)
+    )
+    per_year = acc["per_year"].set_index("year")
+    assert per_year.loc[2003, "true_km2"] == pytest.approx(3 * PIXEL_AREA_KM2)
+    assert per_year.loc[2003, "found_km2"] == pytest.approx(2 * PIXEL_AREA_KM2)  # one pixel late
+    assert per_year.loc[2005, "relative_error"] == pytest.approx(0)  # the spike was filtered
+    # mine 9 opened before the series: not scored; mine 7: median of 2004 and 2003
+    assert acc["onset_mines"].MINE_ID.tolist() == [7] and acc["onset_mae_years"] == pytest.approx(0.5)
+    assert acc["mines_missed"] == 0
+    # 4 pixels ever mined over 7 intervals: truth switches 2 (row 0), consistent 2, observed 4
+    decades = 0.7
+    assert acc["flicker"]["truth"] == pytest.approx(2 / 4 / decades)
+    assert acc["flicker"]["consistent"] == pytest.approx(2 / 4 / decades)
+    assert acc["flicker"]["observed"] == pytest.approx(4 / 4 / decades)
+
+
+def test_change_accuracy_refuses_a_truth_of_other_years():
+    from miningxr.change import change_accuracy
+
+    a = _cube(np.zeros((3, 1, 1)), [2000, 2001, 2002])
+    with pytest.raises(ConfigError, match="same years and pixels"):
+        change_accuracy(consistent_mining(a), _cube(np.zeros((3, 1, 1)), [2001, 2002, 2003]))

@@ -240,11 +240,12 @@ def _construction(
     return inside & (age >= 0) & (age < 2), inside & (age >= 2)
 
 
-def _gaps(cfg: SyntheticConfig, year: int, rows: np.ndarray, cols: np.ndarray, u16: np.ndarray) -> np.ndarray:
+def _gaps(cfg: SyntheticConfig, year: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Pixels without a clear observation this year: residual cloud (a hashed share of up to
     ``cloud_cover``, in blobs) and, in ``slc_off_years``, Landsat 7 SLC-off stripes: wedges 0 px
     wide at a scene's centre line and 14 px at its edges, every 33 lines. In the last of those
-    years (Landsat 7 alone) every stripe is a gap; before, Landsat 5 filled two thirds of them."""
+    years (Landsat 7 alone) every stripe is a gap; before, Landsat 5 filled them but for a third
+    of their length, in segments where its own scenes were cloudy."""
     s = cfg.seed
     share = cfg.cloud_cover * float(_unit(_hash(s, 15, year)))
     gaps = _cover(_value_noise(s * 7919 + year, 9, rows, cols, 40), share)
@@ -255,7 +256,7 @@ def _gaps(cfg: SyntheticConfig, year: int, rows: np.ndarray, cols: np.ndarray, u
         phase = (rows[:, None] + 0.1 * cols[None, :]) % 33
         stripe = phase < 14 * edge[None, :]
         if year < hi:
-            stripe &= u16 < 1 / 3
+            stripe &= _cover(_value_noise(s * 7919 + year, 16, rows, cols, 160), 1 / 3)
         gaps |= stripe
     return gaps
 
@@ -318,13 +319,13 @@ def _block(cfg: SyntheticConfig, year: int, row0: int, row1: int, col0: int, col
                 ((h >> np.uint64(16 * i)) & np.uint64(0xFFFF)).astype(np.float32)
                 for h in (h1, h2)
                 for i in range(4)
-            ]
+            ][:7]
         )
         / 65535.0
     )
     amp = 2 * cfg.noise * np.asarray([1, 1, 1, 1.5, 1.5, 1.5, 1], np.float32)[:, None, None]
-    img += amp * (u[:7] - np.float32(0.5))
-    img[:, _gaps(cfg, year, rows, cols, u[7])] = np.nan
+    img += amp * (u - np.float32(0.5))
+    img[:, _gaps(cfg, year, rows, cols)] = np.nan
     return encode_dn(img)[None]
 
 

@@ -191,8 +191,11 @@ def change_table(
 
 
 def summary(table: pd.DataFrame) -> dict[str, Any]:
-    """Totals of a change table: the first and last year's mined km2 and the km2 gained."""
+    """Totals of a change table: the first and last year's mined km2 and the km2 gained
+    (``years`` is None for an empty table: nothing was mined in any year)."""
     by_year = table.groupby("year")[["mined_km2", "new_km2", "lost_km2"]].sum()
+    if by_year.empty:
+        return {"years": None, "mined_km2_first": 0.0, "mined_km2_last": 0.0, "new_km2": 0.0, "lost_km2": 0.0}
     return {
         "years": [int(by_year.index.min()), int(by_year.index.max())],
         "mined_km2_first": float(by_year.mined_km2.iloc[0]),

@@ -20,7 +20,7 @@ import distributed
 from . import __version__
 from .change import GROUPINGS, change, summary
 from .cluster import dask_client
-from .config import Config, Loss, LrSchedule, TrainConfig
+from .config import Config, Loss, LrSchedule, TrainConfig, check_temporal_span
 from .errors import MiningxrError, UsageError
 from .evaluate import SPLITS, evaluate, plot_map, plot_tiles
 from .export import export_store
@@ -239,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overlap", type=int, help="pixels of overlap between tiles (default 16)")
     p.add_argument("--batch-size", type=int)
+    p.add_argument(
+        "--block",
+        type=int,
+        help="pixels per side of the blocks the model runs on (default 2048; bigger wastes less on halos)",
+    )
     _common(p)
 
     p = sub.add_parser("evaluate", help="metrics, plots and a JSON report over a split")
@@ -306,7 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
     # in the runs measured, where 8 epochs left some runs at 0.85
     p.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
     p.add_argument("--base-filters", type=int, default=16)
-    p.add_argument("--overlap", type=int, default=16)
+    p.add_argument(
+        "--overlap",
+        type=int,
+        help="pixels of overlap between predicted tiles (default 16; 8 with --temporal)",
+    )
     _common(p)
     return parser
 
@@ -541,6 +550,14 @@ def cmd_change(args: argparse.Namespace) -> int:
             animate=args.animate,
             store=args.store,
         )
+    if table.empty:
+        # complete outputs, but of nothing: say so rather than exit as if all went well
+        print(
+            f"error: no pixel counts as mined in any year at threshold {cfg.threshold} (the outputs in "
+            f"{args.out} show none); check the predictions, or lower --threshold",
+            file=sys.stderr,
+        )
+        return 2
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(json_dumps(summary(table)))
     return 0
@@ -596,8 +613,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose:
         os.environ["MININGXR_TF_VERBOSE"] = "1"  # TensorFlow's own start-up lines too
     logfile = Path(args.out) / "miningxr.log" if args.command == "demo" else None
-    _setup_logging(-1 if args.quiet else args.verbose, logfile)
     try:
+        check_temporal_span(args)  # before the demo's log file makes its folder
+        _setup_logging(-1 if args.quiet else args.verbose, logfile)
         return COMMANDS[args.command](args)
     except MiningxrError as e:
         # a mistake in what was asked: one clear line that names the fix (-v adds the traceback)

@@ -30,7 +30,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, UsageError
 
 #: Band order of every cube and store; fixed by the design.
 BANDS: tuple[str, ...] = ("blue", "green", "red", "nir", "swir1", "swir2", "thermal")
@@ -387,3 +387,21 @@ def _build(factory: Any, values: dict[str, Any], name: str) -> Any:
         raise ConfigError(f"unknown key(s) {sorted(unknown)} in [{name}]; valid: {sorted(valid)}")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     return dataclasses.replace(default, **values)
+
+
+def check_temporal_span(args: Any) -> None:
+    """Refuse a ``demo --temporal`` span that cannot be followed: ``--year`` (the training year)
+    must lie in ``--first-year .. --last-year``, at least 3 years (the rule's window)."""
+    if not getattr(args, "temporal", False):
+        return
+    years = range(args.first_year, args.last_year + 1)
+    if len(years) < 3:
+        raise UsageError(
+            f"--first-year {args.first_year} .. --last-year {args.last_year} must span at least 3 years "
+            "(the temporal rule looks at a year and its neighbours)"
+        )
+    if args.year not in years:
+        raise UsageError(
+            f"--year {args.year} (the year the model trains on) must lie in --first-year "
+            f"{args.first_year} .. --last-year {args.last_year}"
+        )

@@ -217,7 +217,11 @@ def test_change_accuracy_against_a_known_truth(chunks):
     p = _cube(prob, years, chunks)
     mined = consistent_mining(p)
     acc = change_accuracy(
-        mined, _cube(truth, years, chunks), mine_ids=ids, opened={7: 2003, 9: 1990}, observed=observed_mining(p)
+        mined,
+        _cube(truth, years, chunks),
+        mine_ids=ids,
+        opened={7: 2003, 9: 1990},
+        observed=observed_mining(p),
     )
     per_year = acc["per_year"].set_index("year")
     assert per_year.loc[2003, "true_km2"] == pytest.approx(3 * PIXEL_AREA_KM2)
@@ -239,3 +243,16 @@ def test_change_accuracy_refuses_a_truth_of_other_years():
     a = _cube(np.zeros((3, 1, 1)), [2000, 2001, 2002])
     with pytest.raises(ConfigError, match="same years and pixels"):
         change_accuracy(consistent_mining(a), _cube(np.zeros((3, 1, 1)), [2001, 2002, 2003]))
+
+
+def test_change_of_nothing_mined_says_so_and_exits_2(two_regions, two_region_predictions, tmp_path, capsys):
+    from miningxr.change import change, summary
+    from miningxr.cli import main
+
+    # the untrained model never reaches 0.99: nothing is mined in any year
+    table = change(two_region_predictions, config=ChangeConfig(threshold=0.99))
+    assert table.empty and summary(table)["years"] is None
+    out = tmp_path / "change"
+    command = f"change --predictions {two_region_predictions} --out {out} --threshold 0.99 -q"
+    assert main(command.split()) == 2
+    assert "no pixel counts as mined in any year at threshold 0.99" in capsys.readouterr().err

@@ -46,6 +46,7 @@ from .evaluate import false_colour
 from .export import mine_polygons_from
 from .grid import CRS_GRID, PIXEL_AREA_KM2, GridSlice, country_table
 from .labels import rasterize_blocks, read_polygons
+from .paths import local_path
 from .predict import open_predictions, prediction_regions
 from .store import check_output_folder, open_store
 
@@ -359,7 +360,7 @@ def change(
         raise ConfigError("--by polygon groups by input polygons: give them (--polygons FILE)")
     gdf = read_polygons(polygons, require_columns=by == "country") if polygons is not None else None
     regions = prediction_regions(predictions)
-    out = Path(out_dir) if out_dir is not None else None
+    out = local_path(out_dir, what="the change folder (--out)") if out_dir is not None else None
     if out is not None:
         check_output_folder(out, holds="the change table, rasters and pictures")
     # every region checked (lazily) before the first is computed or written

@@ -28,6 +28,7 @@ from .grid import Region, country_shards
 from .ingest import ingest
 from .jsonio import json_dumps
 from .labels import parse_columns, read_polygons, write_mask
+from .paths import local_path
 from .predict import open_predictions, predict, write_predictions
 from .shards import failures, status
 from .sources import SOURCES
@@ -496,7 +497,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+    out = local_path(args.out, what="--out")
     check_output_folder(out, holds="report.json and the PNGs")
     polygons = None
     if args.polygons:
@@ -612,9 +613,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.verbose:
         os.environ["MININGXR_TF_VERBOSE"] = "1"  # TensorFlow's own start-up lines too
-    logfile = Path(args.out) / "miningxr.log" if args.command == "demo" else None
     try:
         check_temporal_span(args)  # before the demo's log file makes its folder
+        logfile = local_path(args.out, what="--out") / "miningxr.log" if args.command == "demo" else None
         _setup_logging(-1 if args.quiet else args.verbose, logfile)
         return COMMANDS[args.command](args)
     except MiningxrError as e:

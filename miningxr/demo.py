@@ -25,6 +25,7 @@ from .ingest import ingest
 from .jsonio import write_json
 from .labels import write_mask
 from .model.train import train
+from .paths import local_path
 from .predict import open_predictions, predict, write_predictions
 from .sources.synthetic import mine_polygons, mine_table, mining_truth
 from .store import open_store
@@ -73,7 +74,7 @@ def _demo_training(args: argparse.Namespace, cfg: Config) -> tuple[Config, Confi
 def _setup(args: argparse.Namespace) -> tuple[Config, Path, GridSlice, int]:
     """The demo's config, its output folder (made), its region and how many shards it has."""
     cfg = Config.from_file(args.config) if args.config else Config()
-    out = Path(args.out)
+    out = local_path(args.out, what="the demo's folder (--out)")
     out.mkdir(parents=True, exist_ok=True)
     return (cfg, out, *_demo_region(args, cfg))
 

@@ -25,6 +25,7 @@ from .encoding import MASK_ATTRS
 from .errors import StoreError
 from .grid import CRS_GRID, PIXEL_AREA_KM2, RESOLUTION, GridSlice
 from .labels import valid_polygons
+from .paths import local_path
 from .predict import open_predictions
 from .store import check_output_folder, open_regions
 
@@ -126,7 +127,9 @@ def export(
     dict
         Paths by kind and suffix: ``probability[_REGION][_YEAR]``, ``mask[...]``, ``polygons``.
     """
-    return _export([(region, prob)], Path(out_dir), threshold, min_pixels)
+    return _export(
+        [(region, prob)], local_path(out_dir, what="the export folder (--out)"), threshold, min_pixels
+    )
 
 
 def export_store(
@@ -148,7 +151,7 @@ def export_store(
             first_error = first_error or e
     if not pieces and first_error is not None:
         raise first_error
-    return _export(pieces, Path(out_dir), threshold, min_pixels)
+    return _export(pieces, local_path(out_dir, what="the export folder (--out)"), threshold, min_pixels)
 
 
 def _export(

@@ -38,6 +38,7 @@ from .config import PredictConfig, StoreLayout
 from .encoding import FILL_VALUE, GRID_MAPPING_ATTRS, normalize
 from .errors import ModelFileError, ModelMismatchError, StoreError, YearError
 from .grid import GLOBAL_SHAPE, GridSlice, sparse_cover
+from .paths import local_path
 from .shards import IngestReport, run_shards, shard_writer
 from .store import check_writable_folder, create_atomically, global_template, region_name
 
@@ -62,7 +63,7 @@ def _load(path: str) -> keras.Model:
 
 def _resolve(model: Any) -> keras.Model:
     if isinstance(model, (str, os.PathLike)):
-        p = Path(model)
+        p = local_path(model, what="the model")
         if not p.exists():
             raise ModelFileError(f"model file {p} does not exist; train one with `miningxr train`")
         return _load(str(p.resolve()))
@@ -354,7 +355,7 @@ def write_predictions(
             total.failed.update(r.failed)
         return total
     t0 = time.perf_counter()
-    path = Path(path)
+    path = local_path(path, what="the prediction store")
     gslice = GridSlice.of_coords(pred)
     if "year" in pred.dims:
         years, data = [int(y) for y in pred.year.values], pred.transpose("year", "y", "x").data
@@ -489,7 +490,7 @@ def _model_record(attrs: dict[str, Any]) -> dict[str, Any]:
 def prediction_regions(path: str | os.PathLike) -> dict[str, GridSlice]:
     """The regions a prediction store holds (any year): disjoint rectangles of whole shards, by
     name (its top-left shard, as :func:`~miningxr.open_regions` names them)."""
-    meta = _prediction_meta(Path(path))
+    meta = _prediction_meta(local_path(path, what="the prediction store"))
     with Catalog(path, readonly=True) as cat:
         done = cat.shards("mining_probability", state="done")
     if done.empty:
@@ -501,7 +502,7 @@ def prediction_regions(path: str | os.PathLike) -> dict[str, GridSlice]:
 
 def predicted_extent(path: str | os.PathLike) -> GridSlice | None:
     """The slice covering every shard a prediction store has written, or None when it has none."""
-    meta = _prediction_meta(Path(path))
+    meta = _prediction_meta(local_path(path, what="the prediction store"))
     with Catalog(path, readonly=True) as cat:
         done = cat.shards("mining_probability", state="done")
     if done.empty:
@@ -517,7 +518,7 @@ def open_predictions(
 
     Refuses, naming both extents, a prediction store that holds nothing over that slice.
     """
-    meta = _prediction_meta(Path(path))
+    meta = _prediction_meta(local_path(path, what="the prediction store"))
     gslice = GridSlice.of_coords(like)
     with Catalog(path, readonly=True) as cat:
         done = cat.shards("mining_probability", state="done")

@@ -45,6 +45,7 @@ from .config import BANDS, StoreLayout, as_years
 from .encoding import FILL_VALUE, GRID_MAPPING_ATTRS, MASK_ATTRS, landsat_attrs
 from .errors import StoreError, YearError
 from .grid import GLOBAL_SHAPE, GridSlice, as_slice, sparse_cover
+from .paths import local_path
 
 LAYOUT_VERSION = 1
 
@@ -57,7 +58,7 @@ def create_store(path: str | os.PathLike, layout: StoreLayout | None = None) -> 
     Creating writes metadata and the 1-D coordinates only (a few MB); no shard exists until
     ingested.
     """
-    path = Path(path)
+    path = local_path(path, what="the store")
     layout = check_store_path(path, layout)
     if (path / "zarr.json").exists():
         return layout
@@ -72,7 +73,7 @@ def check_store_path(path: str | os.PathLike, layout: StoreLayout | None = None)
     Refuses a path that is a file, a folder that holds something else, an existing store of
     another layout, and a place this process cannot write, each with the fix.
     """
-    path = Path(path)
+    path = local_path(path, what="the store")
     if path.exists() and not path.is_dir():
         raise StoreError(
             f"{path} is a file, not a store; give the path of a new or existing store folder (e.g. s.zarr)"
@@ -103,7 +104,7 @@ def check_writable_folder(folder: str | os.PathLike, *, what: str) -> None:
 
 def check_output_folder(folder: str | os.PathLike, *, holds: str) -> None:
     """Refuse an output folder (``--out``) that is a file or cannot be written, before any work."""
-    folder = Path(folder)
+    folder = local_path(folder, what="the output folder (--out)")
     if folder.exists() and not folder.is_dir():
         raise StoreError(f"{folder} is a file; give --out a folder for {holds}")
     check_writable_folder(folder, what=f"{holds} in {folder}")
@@ -212,7 +213,7 @@ def _build_store(path: Path, layout: StoreLayout) -> None:
 
 def store_layout(path: str | os.PathLike) -> StoreLayout:
     """The layout of an existing store; a clear :class:`StoreError` if it is not one."""
-    path = Path(path)
+    path = local_path(path, what="the store")
     if not (path / "zarr.json").exists():
         hint = "it does not exist" if not path.exists() else "it has no zarr.json"
         raise StoreError(

@@ -19,6 +19,7 @@ from ..config import TrainConfig
 from ..errors import LoaderError
 from ..jsonio import write_json
 from ..loader import training_dataset
+from ..paths import local_path
 from ..store import check_output_folder
 from ..tfimport import import_tensorflow
 from ..tiles import load_tile_index
@@ -139,7 +140,7 @@ def train(
     """
     t0 = time.perf_counter()
     cfg = config or TrainConfig()
-    out = Path(out_dir)
+    out = local_path(out_dir, what="the training run's folder (--out)")
     check_output_folder(out, holds="model.keras and the training logs")
     index = load_tile_index(store) if index is None else index
     stats = index.attrs["stats"]

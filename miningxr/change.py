@@ -486,7 +486,10 @@ def plot_change(table: pd.DataFrame, path: str | os.PathLike) -> Path:
     ax.set_xlabel("year")
     ax.set_ylabel("mined km2 (after the temporal rule)")
     ax.set_title("Mining area over time")
-    ax.legend(fontsize=8)
+    if table.empty:
+        ax.text(0.5, 0.5, "nothing mined in any year", ha="center", va="center", transform=ax.transAxes)
+    else:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     return Path(path)

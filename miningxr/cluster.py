@@ -23,10 +23,14 @@ def dask_client(
     """
     if scheduler is None:
         try:
-            yield distributed.default_client()
-            return
+            current = distributed.default_client()
         except ValueError:
-            pass  # no client yet: start a local cluster below
+            current = None  # no client yet: start a local cluster below
+        if current is not None:
+            # yielded outside the try: an error of the caller's (MiningxrError is a ValueError)
+            # must reach the caller, not start a cluster
+            yield current
+            return
     if scheduler not in (None, "local", "processes"):
         with distributed.Client(scheduler) as client:
             log.info("Dask scheduler %s, dashboard %s", scheduler, client.dashboard_link)

@@ -18,6 +18,7 @@ from typing import Any
 from .change import change, change_accuracy, consistent_mining, observed_mining
 from .cluster import dask_client
 from .config import Config, check_temporal_span
+from .errors import UsageError
 from .evaluate import evaluate, plot_map, plot_tiles
 from .export import export
 from .grid import GridSlice, Region
@@ -95,6 +96,13 @@ def _train_on_one_year(
     store = out / "store.zarr"
     region, _ = _demo_region(args, cfg)
     progress = not args.quiet
+    # the polygons trained on, checked before anything is written
+    polys = mine_polygons(region, args.year, config=cfg.synthetic)
+    if polys.empty:
+        raise UsageError(
+            f"no synthetic mine is open in {args.year} in the demo's region ({region.describe()}): "
+            "nothing to train on; choose more --shards, another --lon/--lat or another --year"
+        )
     with _stage("ingest", times):
         print(
             ingest(
@@ -107,7 +115,6 @@ def _train_on_one_year(
             )
         )
     with _stage("labels", times):
-        polys = mine_polygons(region, args.year, config=cfg.synthetic)
         polys.to_file(out / "mines.gpkg", layer="mining_polygons", driver="GPKG")
         print(write_mask(store, out / "mines.gpkg", progress=progress))
     tiles_cfg, train_cfg = _demo_training(args, cfg)
@@ -208,15 +215,18 @@ def run_temporal_demo(args: argparse.Namespace) -> int:
     per_year.to_csv(out / "change" / "area_vs_truth.csv", index=False)
     plot_area_vs_truth(per_year, out / "change" / "area_vs_truth.png", train_year=args.year)
     later = per_year[per_year.year >= min(years[0] + 5, years[-1])]
+    mae = acc.get("onset_mae_years")
+    mae = None if mae is None or mae != mae else mae  # None where no mine opened or none was found
+    area_err = float(later.relative_error.abs().max())  # NaN where no year had a mine
     report = {
         "region": region.describe(),
         "years": [years[0], years[-1]],
         "train_year": args.year,
         "train_test_metrics": result.test_metrics,
-        "onset_mae_years": acc.get("onset_mae_years"),
+        "onset_mae_years": mae,
         "mines_opened_in_span": len(acc["onset_mines"]) if "onset_mines" in acc else 0,
         "mines_missed": acc.get("mines_missed"),
-        "area_max_relative_error_after_5_years": float(later.relative_error.abs().max()),
+        "area_max_relative_error_after_5_years": None if area_err != area_err else area_err,
         "flicker_per_pixel_decade": acc["flicker"],
         "change_rows": len(table),
         "stage_seconds": times,
@@ -230,15 +240,22 @@ def run_temporal_demo(args: argparse.Namespace) -> int:
         for r in per_year.itertuples()
     )
     fl = acc["flicker"]
+    opened, missed = report["mines_opened_in_span"], report["mines_missed"] or 0
+    onset = (
+        f"mean absolute error {mae:.2f} years over the {opened - missed} mines "
+        f"found of {opened} that opened in {years[0] + 1}-{years[-1]}"
+        if mae is not None
+        else f"no mine opened in {years[0] + 1}-{years[-1]} was found"
+        if opened
+        else f"no mine opened in {years[0] + 1}-{years[-1]} here"
+    )
     print(f"""
 miningxr demo --temporal: synthetic region of {n_shards} shard(s) ({region.shape[0]}x{region.shape[1]} px), \
 years {years[0]}-{years[-1]}, trained on {args.year}
   year  true km2  found km2  error
 {curve}
-  onset year   mean absolute error {report["onset_mae_years"]:.2f} years over the \
-{report["mines_opened_in_span"] - (report["mines_missed"] or 0)} mines found of \
-{report["mines_opened_in_span"]} that opened in {years[0] + 1}-{years[-1]}
-  area         largest error from {int(later.year.min())}: {100 * report["area_max_relative_error_after_5_years"]:.1f}%
+  onset year   {onset}
+  area         largest error from {int(later.year.min())}: {100 * area_err:.1f}%
   flicker      switches per pixel per decade: truth {fl["truth"]:.2f}, yearly predictions \
 {fl.get("observed", float("nan")):.2f}, after the temporal rule {fl["consistent"]:.2f}
   time         {"  ".join(f"{k} {v:.0f}s" for k, v in times.items())}   total {report["total_seconds"]:.0f}s

@@ -249,10 +249,10 @@ def test_change_of_nothing_mined_says_so_and_exits_2(two_regions, two_region_pre
     from miningxr.change import change, summary
     from miningxr.cli import main
 
-    # the untrained model never reaches 0.99: nothing is mined in any year
-    table = change(two_region_predictions, config=ChangeConfig(threshold=0.99))
+    # the untrained model never reaches 1: nothing is mined in any year
+    table = change(two_region_predictions, config=ChangeConfig(threshold=1.0))
     assert table.empty and summary(table)["years"] is None
     out = tmp_path / "change"
-    command = f"change --predictions {two_region_predictions} --out {out} --threshold 0.99 -q"
+    command = f"change --predictions {two_region_predictions} --out {out} --threshold 1.0 -q"
     assert main(command.split()) == 2
-    assert "no pixel counts as mined in any year at threshold 0.99" in capsys.readouterr().err
+    assert "no pixel counts as mined in any year at threshold 1.0" in capsys.readouterr().err

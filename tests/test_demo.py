@@ -8,7 +8,7 @@ import rasterio
 
 from miningxr.cli import main
 
-SMALL = "[store]\nchunk = 256\nshard = 512\n"
+SMALL = "[store]\nchunk = 256\nshard = 512\n\n[tiles]\nblock_tiles = 2\n"
 
 
 def test_temporal_demo_writes_change_outputs_and_scores_them_against_the_truth(tmp_path, client, capsys):
@@ -16,7 +16,7 @@ def test_temporal_demo_writes_change_outputs_and_scores_them_against_the_truth(t
     config.write_text(SMALL)
     out = tmp_path / "demo"
     command = (
-        f"demo --temporal --first-year 2017 --last-year 2020 --year 2020 --shards 1 1 --epochs 1 "
+        f"demo --temporal --first-year 2017 --last-year 2020 --year 2020 --shards 2 2 --epochs 1 "
         f"--base-filters 4 --overlap 0 --config {config} --out {out} -q"
     )
     assert main(command.split()) == 0
@@ -52,3 +52,13 @@ def test_temporal_demo_needs_three_years_at_least(tmp_path, capsys, span):
     first, last = span
     assert main(f"demo --temporal --first-year {first} --last-year {last} --out {out}".split()) == 2
     assert "at least 3 years" in capsys.readouterr().err
+
+
+def test_temporal_demo_over_a_region_without_mines_says_so_before_ingesting(tmp_path, client, capsys):
+    config = tmp_path / "c.toml"
+    config.write_text(SMALL)
+    out = tmp_path / "demo"
+    command = f"demo --temporal --first-year 2018 --last-year 2020 --shards 1 1 --config {config} --out {out} -q"
+    assert main(command.split()) == 2
+    assert "no synthetic mine is open in 2020" in capsys.readouterr().err
+    assert not (out / "store.zarr").exists()

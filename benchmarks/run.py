@@ -320,8 +320,11 @@ def bench_sparse(work: Path):
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
             raise RuntimeError(f"the {name} side failed (exit {proc.returncode})")
-        seconds = json.loads(stdout.strip().splitlines()[-1])["seconds"]
-        return seconds, usage.ru_maxrss / 1024  # MB (ru_maxrss is in KB on Linux)
+        line = json.loads(stdout.strip().splitlines()[-1])
+        # the side's own peak (VmHWM); ru_maxrss would also count this process's memory at the
+        # fork, which Linux keeps across exec (3.3 GB for both sides after the other benchmarks)
+        peak = line.get("peak_rss_mb") or usage.ru_maxrss / 1024  # ru_maxrss is in KB on Linux
+        return line["seconds"], peak
 
     t_apart, rss_apart = side("apart", apart)
     t_both, rss_both = side("both", [both])

@@ -42,7 +42,20 @@ def main(out: Path, stores: list[Path]) -> None:
             miningxr.evaluate(store, pred, split="test")
             miningxr.export_store(store, pred, run / "exports")
         seconds = time.perf_counter() - t0
-    print(json.dumps({"seconds": seconds}))
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": _peak_rss_mb()}))
+
+
+def _peak_rss_mb() -> float | None:
+    """This process's peak resident memory, from ``VmHWM``: it belongs to the address space
+    that ``exec`` made, so unlike ``ru_maxrss`` (kept across exec on Linux) it does not count
+    the parent's memory at the fork."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 if __name__ == "__main__":

@@ -207,8 +207,9 @@ class TileConfig:
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     #: a tile is positive when its mining fraction is at least this
     positive_threshold: float = 0.01
-    #: negatives kept per positive tile in the training split (None keeps all)
-    negative_ratio: float | None = 1.0
+    #: negatives kept per positive tile in the training split (None keeps all). Two: with one,
+    #: or fewer, a model sees too few buildings and bare fields and takes them for mines
+    negative_ratio: float | None = 2.0
     min_valid_fraction: float = 0.9
     seed: int = 0
 

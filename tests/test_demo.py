@@ -58,7 +58,9 @@ def test_temporal_demo_over_a_region_without_mines_says_so_before_ingesting(tmp_
     config = tmp_path / "c.toml"
     config.write_text(SMALL)
     out = tmp_path / "demo"
-    command = f"demo --temporal --first-year 2018 --last-year 2020 --shards 1 1 --config {config} --out {out} -q"
+    command = (
+        f"demo --temporal --first-year 2018 --last-year 2020 --shards 1 1 --config {config} --out {out} -q"
+    )
     assert main(command.split()) == 2
     assert "no synthetic mine is open in 2020" in capsys.readouterr().err
     assert not (out / "store.zarr").exists()

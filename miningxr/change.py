@@ -35,15 +35,13 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pandas as pd
-import rasterio
-import rasterio.shutil
 import xarray as xr
 from matplotlib.figure import Figure
 
 from .config import ChangeConfig
 from .errors import ConfigError, MiningxrError
 from .evaluate import false_colour
-from .export import mine_polygons_from
+from .export import mine_polygons_from, to_cog
 from .grid import CRS_GRID, PIXEL_AREA_KM2, GridSlice, country_table
 from .labels import rasterize_blocks, read_polygons
 from .paths import local_path
@@ -427,31 +425,13 @@ def _year_cog(years_raster: xr.DataArray, path: Path, years: list[int]) -> None:
     """A uint16 COG of years (0 = none) with a colour table from the first year to the last."""
     import matplotlib
 
-    values = years_raster.values.astype(np.uint16)
     cmap = matplotlib.colormaps["viridis"]
     span = max(years[-1] - years[0], 1)
     colours = {0: (0, 0, 0, 0)}
     for y in range(years[0], years[-1] + 1):
         r, g, b, _ = cmap((y - years[0]) / span)
         colours[y] = (int(r * 255), int(g * 255), int(b * 255), 255)
-    gslice = GridSlice.of_coords(years_raster)
-    height, width = values.shape
-    # GDAL writes a colour table into a GeoTIFF, and COG keeps it when copying from one
-    with rasterio.MemoryFile() as mem:
-        with mem.open(
-            driver="GTiff",
-            width=width,
-            height=height,
-            count=1,
-            dtype="uint16",
-            crs=CRS_GRID.to_wkt(),
-            transform=gslice.geobox.affine,
-            nodata=0,
-        ) as tmp:
-            tmp.write(values, 1)
-            tmp.write_colormap(1, colours)
-        with mem.open() as src:
-            rasterio.shutil.copy(src, path, driver="COG", compress="DEFLATE")
+    to_cog(years_raster.astype(np.uint16), path, nodata=0, colormap=colours)
 
 
 def _expansion(mined: xr.DataArray, groups: xr.DataArray | None, names: dict[int, str]) -> pd.DataFrame:

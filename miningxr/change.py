@@ -68,10 +68,8 @@ def temporal_rule(observed: np.ndarray, window: int = 3) -> np.ndarray:
     known = ~np.isnan(obs)
     n = obs.shape[-1]
     idx = np.arange(n)
-    # bridge: each year takes the last known year at or before it (forward fill along time)
-    last = np.where(known, idx, -1)
-    np.maximum.accumulate(last, axis=-1, out=last)
-    filled = np.take_along_axis(obs, np.maximum(last, 0), axis=-1)
+    # bridge: each year takes the last known year at or before it
+    filled = _forward_fill(obs, known, axis=-1)
     # unknown before the first and after the last prediction of a pixel
     first_known = np.argmax(known, axis=-1)[..., None]
     last_known = (n - 1 - np.argmax(known[..., ::-1], axis=-1))[..., None]
@@ -86,6 +84,16 @@ def temporal_rule(observed: np.ndarray, window: int = 3) -> np.ndarray:
     count = np.sum(~np.isnan(views), axis=-1)
     mined = np.where(2 * votes > count, 1, np.where(2 * votes < count, 0, filled))
     return np.where(inside, mined, UNKNOWN).astype(np.int8)
+
+
+def _forward_fill(a: np.ndarray, known: np.ndarray, axis: int) -> np.ndarray:
+    """``a`` with each position along ``axis`` taking the last ``known`` one at or before it
+    (positions before the first known one keep the first position's value)."""
+    shape = [1] * a.ndim
+    shape[axis] = a.shape[axis]
+    last = np.where(known, np.arange(a.shape[axis]).reshape(shape), 0)
+    np.maximum.accumulate(last, axis=axis, out=last)
+    return np.take_along_axis(a, last, axis=axis)
 
 
 def observed_mining(prob: xr.DataArray, threshold: float = 0.5) -> xr.DataArray:
@@ -232,9 +240,7 @@ def _switches(series: np.ndarray, where: np.ndarray | None) -> tuple[int, int]:
         return 0, a.shape[1]
     # forward-fill along time so that a gap neither switches nor hides a switch
     known = ~np.isnan(a)
-    idx = np.where(known, np.arange(a.shape[0])[:, None], 0)
-    np.maximum.accumulate(idx, axis=0, out=idx)
-    filled = np.take_along_axis(a, idx, axis=0)
+    filled = _forward_fill(a, known, axis=0)
     switches = (np.abs(np.diff(filled, axis=0)) > 0.5) & known[1:]
     return int(switches.sum()), a.shape[1]
 

@@ -1,33 +1,48 @@
-"""The SQLite record of a store's shards: which are pending, running, done or failed.
+"""The record of a store's shards, as small objects in the store: pending, running, done or failed.
 
-The catalog, ``_catalog/catalog.sqlite`` inside a store, lets an interrupted ingest resume and
-``miningxr status`` say what is left. Only the process driving a run (the Dask client) writes
-it; workers never touch it, so it works the same on a LocalCluster and on a remote cluster.
+The catalog lets an interrupted ingest resume and ``miningxr status`` say what is left. It lives
+inside the store, wherever the store lives (a folder, S3, GCS, Azure), as an append-only log
+of one small object per change of a shard's state::
+
+    _catalog/shards/<variable>/<year>/<shard_row>_<shard_col>/<seq>.<state>.json
+
+A shard's state is that of its highest ``seq``. Every change is written with ``create=True``
+(:meth:`miningxr.paths.Location.put`): the one conditional write that every backend makes
+atomic, so of two ingests that try to claim a shard at once exactly one creates
+``<seq+1>.running.json`` and the other sees it taken. Nothing is ever rewritten in place, so
+the log needs no locks, no POSIX filesystem and no server, and a listing of the prefix tells
+every shard's state (the state is in the name); only a running record's owner and a failed
+one's error are read from the object itself.
+
+Only the process driving a run (the Dask client) writes the catalog; workers only write
+shards, so it works the same on a LocalCluster and on a remote cluster.
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
 import os
 import socket
-import sqlite3
 import time
-from collections.abc import Iterable, Iterator
-from pathlib import Path
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pandas as pd
-import zarr
 
 from .errors import StoreError
+from .paths import PARALLEL, Location, as_location
 
-#: inside a Zarr subgroup of its own, so zarr sees no foreign object at the root
-CATALOG = "_catalog/catalog.sqlite"
+#: the catalog's Zarr group inside a store (so zarr sees no foreign object at the root)
+CATALOG = "_catalog"
+_RECORDS = f"{CATALOG}/shards"
 STATES = ("pending", "running", "done", "failed")
-#: catalog "year" of variables that have no year axis (the mining mask, predictions)
+#: catalog "year" of variables that have no year axis (the mining mask)
 NO_YEAR = 0
 #: a shard's key in the catalog: (year, shard_row, shard_col)
 ShardKey = tuple[int, int, int]
+_GROUP = b'{"zarr_format": 3, "node_type": "group", "attributes": {}}'
+_COLUMNS = ["variable", "year", "shard_row", "shard_col", "state", "owner", "error", "attempts", "updated"]
 
 
 def new_owner() -> str:
@@ -51,57 +66,38 @@ def owner_alive(owner: str | None) -> bool:
     return True
 
 
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS shards (variable TEXT, year INTEGER, shard_row INTEGER,"
-    " shard_col INTEGER, state TEXT NOT NULL, source TEXT, owner TEXT, error TEXT,"
-    " attempts INTEGER NOT NULL DEFAULT 0, updated REAL,"
-    " PRIMARY KEY (variable, year, shard_row, shard_col))"
-)
+def _prefix(variable: str, key: ShardKey) -> str:
+    year, r, c = key
+    return f"{_RECORDS}/{variable}/{year}/{r}_{c}"
+
+
+class _Latest:
+    """A shard's latest record: its sequence number, state, time, record key; and attempts."""
+
+    __slots__ = ("attempts", "key", "modified", "seq", "state")
+
+    def __init__(self) -> None:
+        self.seq, self.state, self.modified, self.key, self.attempts = -1, "", 0.0, "", 0
 
 
 class Catalog:
-    """The SQLite record of every shard of a store: pending, running, done or failed."""
+    """The record of every shard of a store: pending, running, done or failed."""
 
-    def __init__(self, store: str | os.PathLike, stale_after: float = 3600.0, *, readonly: bool = False):
-        self.path = Path(store) / CATALOG
+    def __init__(
+        self, store: str | os.PathLike | Location, stale_after: float = 3600.0, *, readonly: bool = False
+    ):
+        self.loc = as_location(store, what="the store")
         self.readonly = readonly
         self.stale_after = stale_after
-        if readonly:
-            self.db = self._connect_readonly()
-            return
-        try:
-            if not self.path.parent.exists():
-                zarr.open_group(str(store), mode="r+", zarr_format=3).require_group(self.path.parent.name)
-            self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA busy_timeout=60000")
-            self.db.execute(_SCHEMA)
-        except (sqlite3.OperationalError, PermissionError, OSError) as e:
-            raise StoreError(
-                f"the store {store} cannot be written ({e}): it is read-only here. Read it "
-                "as it is, or copy it to a writable place to add to it"
-            ) from None
-
-    def _connect_readonly(self) -> sqlite3.Connection:
-        """Open the catalog for reading, also on read-only media and shared read-only folders.
-
-        A WAL database needs its -shm file (or the right to make one) even to read; where the
-        folder cannot be written SQLite's ``immutable`` mode reads the file as it is, with no
-        locks, which is right for a store that nobody writes there.
-        """
-        if not self.path.exists():
-            db = sqlite3.connect(":memory:", isolation_level=None)  # a store with no catalog yet
-            db.execute(_SCHEMA)
-            return db
-        uri = self.path.resolve().as_uri()
-        try:
-            db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=60, isolation_level=None)
-            db.execute("SELECT count(*) FROM shards").fetchone()
-            return db
-        except sqlite3.OperationalError:
-            db = sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
-            db.execute("SELECT count(*) FROM shards").fetchone()
-            return db
+        self._claims: dict[tuple[str, ShardKey], int] = {}
+        if not readonly:
+            try:
+                self.loc.put(f"{CATALOG}/zarr.json", _GROUP, create=True)
+            except StoreError as e:
+                raise StoreError(
+                    f"the store {self.loc} cannot be written ({e}): it is read-only here. Read it "
+                    "as it is, or copy it to a writable place to add to it"
+                ) from None
 
     def __enter__(self) -> Catalog:
         return self
@@ -110,28 +106,76 @@ class Catalog:
         self.close()
 
     def close(self) -> None:
-        self.db.close()
+        """Nothing to release: every change is already in the store."""
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        # IMMEDIATE takes the write lock up front: two ingests never claim the same shard
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
+    # ------------------------------------------------------------------ reading
+
+    def _latest(self, variable: str | None = None) -> dict[tuple[str, ShardKey], _Latest]:
+        """Every shard's latest record (one listing of the variable's prefix)."""
+        out: dict[tuple[str, ShardKey], _Latest] = {}
+        prefix = f"{_RECORDS}/{variable}/" if variable else f"{_RECORDS}/"
+        for m in self.loc.list(prefix):
+            parts = m.key.split("/")
+            if len(parts) != 6 or not parts[5].endswith(".json"):
+                continue
+            var, year, rc, name = parts[2], parts[3], parts[4], parts[5]
+            seq, state, _ = name.split(".", 2)
+            r, c = rc.split("_")
+            rec = out.setdefault((var, (int(year), int(r), int(c))), _Latest())
+            if state == "running":
+                rec.attempts += 1
+            if int(seq) > rec.seq:
+                rec.seq, rec.state, rec.modified, rec.key = int(seq), state, m.modified, m.key
+        return out
+
+    def _body(self, key: str) -> dict[str, Any]:
+        data = self.loc.read_bytes(key)
+        return json.loads(data) if data else {}
+
+    def shards(self, variable: str | None = None, state: str | None = None) -> pd.DataFrame:
+        """One row per shard: variable, year, shard_row, shard_col, state, owner (running),
+        error (failed), attempts and the time of the latest change."""
+        latest = [(k, v) for k, v in self._latest(variable).items() if state is None or v.state == state]
+        # only what a listing cannot say is read: who runs a shard, why one failed
+        wanted = [v.key for _, v in latest if v.state in ("running", "failed")]
+        with ThreadPoolExecutor(PARALLEL) as pool:
+            bodies = dict(zip(wanted, pool.map(self._body, wanted), strict=True))
+        rows = [
+            (
+                var,
+                *key,
+                rec.state,
+                bodies.get(rec.key, {}).get("owner") if rec.state == "running" else None,
+                bodies.get(rec.key, {}).get("error"),
+                rec.attempts,
+                rec.modified,
+            )
+            for (var, key), rec in sorted(latest, key=lambda kv: kv[0])
+        ]
+        df = pd.DataFrame(rows, columns=_COLUMNS)
+        return df.astype({"year": "int64", "shard_row": "int64", "shard_col": "int64", "attempts": "int64"})
+
+    def state_of(self, variable: str, keys: Iterable[ShardKey]) -> dict[ShardKey, str | None]:
+        latest = self._latest(variable)
+        return {k: (latest[(variable, k)].state if (variable, k) in latest else None) for k in keys}
+
+    # ------------------------------------------------------------------ writing
+
+    def _append(self, variable: str, key: ShardKey, seq: int, state: str, body: dict[str, Any]) -> bool:
+        """Create the record ``seq`` of a shard; False when another run created it first."""
+        name = f"{_prefix(variable, key)}/{seq:08d}.{state}.json"
+        return self.loc.put(name, json.dumps({**body, "time": time.time()}).encode(), create=True)
+
+    def _many(self, jobs: list[tuple[str, ShardKey, int, str, dict[str, Any]]]) -> list[bool]:
+        if len(jobs) < 4:
+            return [self._append(*j) for j in jobs]
+        with ThreadPoolExecutor(PARALLEL) as pool:
+            return list(pool.map(lambda j: self._append(*j), jobs))
 
     def plan(self, variable: str, keys: Iterable[ShardKey], source: str) -> None:
         """Record shards as pending; shards the catalog already knows keep their state."""
-        rows = [(variable, y, r, c, "pending", source, time.time()) for y, r, c in keys]
-        with self._tx() as db:
-            db.executemany(
-                "INSERT OR IGNORE INTO shards (variable, year, shard_row, shard_col, state,"
-                " source, updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+        latest = self._latest(variable)
+        self._many([(variable, k, 0, "pending", {"source": source}) for k in keys if (variable, k) not in latest])
 
     def claim(
         self,
@@ -143,72 +187,43 @@ class Catalog:
         force: bool = False,
     ) -> tuple[list[ShardKey], list[ShardKey]]:
         """Mark shards running for ``owner``. Returns (claimed, held by another live ingest)."""
-        claimed: list[ShardKey] = []
-        busy: list[ShardKey] = []
+        keys = list(keys)
+        latest = self._latest(variable)
         now = time.time()
-        with self._tx() as db:
-            for key in keys:
-                row = db.execute(
-                    "SELECT state, owner, updated FROM shards WHERE variable=? AND year=?"
-                    " AND shard_row=? AND shard_col=?",
-                    (variable, *key),
-                ).fetchone()
-                if row is None:
-                    continue
-                state, other, updated = row
-                if (
-                    state == "running"
-                    and other != owner
-                    and owner_alive(other)
-                    and now - (updated or 0) < self.stale_after
-                ):
+        jobs, busy = [], []
+        for key in keys:
+            rec = latest.get((variable, key))
+            if rec is None:
+                continue
+            if rec.state == "running" and now - rec.modified < self.stale_after:
+                other = self._body(rec.key).get("owner")
+                if other != owner and owner_alive(other):
                     busy.append(key)
                     continue
-                take = (
-                    force or state == "pending" or state == "running" or (state == "failed" and retry_failed)
-                )
-                if take:
-                    db.execute(
-                        "UPDATE shards SET state='running', owner=?, updated=?,"
-                        " attempts=attempts+1 WHERE variable=? AND year=? AND shard_row=?"
-                        " AND shard_col=?",
-                        (owner, now, variable, *key),
-                    )
-                    claimed.append(key)
+            if force or rec.state in ("pending", "running") or (rec.state == "failed" and retry_failed):
+                jobs.append((variable, key, rec.seq + 1, "running", {"owner": owner}))
+        claimed = []
+        for job, won in zip(jobs, self._many(jobs), strict=True):
+            if won:
+                claimed.append(job[1])
+                self._claims[(variable, job[1])] = job[2]
+            else:  # another run claimed it between our listing and our write
+                busy.append(job[1])
         return claimed, busy
 
     def finish(
         self, variable: str, key: ShardKey, owner: str, error: str | None = None, source: str | None = None
     ) -> None:
-        state = "failed" if error else "done"
-        with self._tx() as db:
-            db.execute(
-                "UPDATE shards SET state=?, error=?, updated=?, source=COALESCE(?, source)"
-                " WHERE variable=? AND year=? AND shard_row=? AND shard_col=? AND owner=?",
-                (state, error, time.time(), source, variable, *key, owner),
-            )
+        """Record a claimed shard done (or failed with ``error``). A shard taken over by another
+        run meanwhile (this one was thought dead) keeps that run's record."""
+        seq = self._claims.pop((variable, key), None)
+        if seq is None:
+            return
+        body = {"owner": owner, "error": error, "source": source}
+        self._append(variable, key, seq + 1, "failed" if error else "done", body)
 
     def release(self, owner: str) -> None:
-        """Put shards this owner still holds back to pending (after an interrupt)."""
-        with self._tx() as db:
-            db.execute(
-                "UPDATE shards SET state='pending', owner=NULL WHERE state='running' AND owner=?", (owner,)
-            )
-
-    def shards(self, variable: str | None = None, state: str | None = None) -> pd.DataFrame:
-        q, args = "SELECT * FROM shards WHERE 1=1", list[Any]()
-        if variable:
-            q, args = q + " AND variable=?", [*args, variable]
-        if state:
-            q, args = q + " AND state=?", [*args, state]
-        return pd.read_sql_query(q + " ORDER BY variable, year, shard_row, shard_col", self.db, params=args)
-
-    def state_of(self, variable: str, keys: Iterable[ShardKey]) -> dict[ShardKey, str | None]:
-        out: dict[ShardKey, str | None] = {}
-        for key in keys:
-            row = self.db.execute(
-                "SELECT state FROM shards WHERE variable=? AND year=? AND shard_row=? AND shard_col=?",
-                (variable, *key),
-            ).fetchone()
-            out[key] = row[0] if row else None
-        return out
+        """Put shards this run still holds back to pending (after an interrupt)."""
+        jobs = [(v, k, seq + 1, "pending", {"released_by": owner}) for (v, k), seq in self._claims.items()]
+        self._claims.clear()
+        self._many(jobs)

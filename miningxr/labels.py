@@ -35,6 +35,7 @@ from .encoding import MASK_ATTRS
 from .errors import LabelError
 from .grid import CRS_GRID, GridSlice, as_slice, country_table, pixel_corner, sparse_cover
 from .shards import IngestReport, MakeTask, run_shards, shard_writer
+from .paths import as_location
 from .store import open_store, store_layout
 
 if TYPE_CHECKING:
@@ -419,7 +420,7 @@ def write_mask(
         mask = mining_mask(ds, gdf, all_touched=all_touched).data
         write = shard_writer(store, "mining", mask, rect, layout.shard)
         writers.update(dict.fromkeys(rect.shard_ids(layout.shard), write))
-    root = zarr.open_group(str(store), mode="r+")
+    root = zarr.open_group(as_location(store).zarr_store(), mode="r+")
     previous = root["mining"].attrs.get("polygons_sha256")
     new_file = previous not in (None, gdf.attrs["checksum"])
     root["mining"].attrs.update(

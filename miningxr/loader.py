@@ -39,6 +39,7 @@ from .config import BANDS, TrainConfig
 from .encoding import ADD_OFFSET, FILL_VALUE, SCALE_FACTOR
 from .errors import LoaderError
 from .shardfile import ShardReader
+from .paths import as_location
 from .store import store_layout
 from .tfimport import import_tensorflow
 from .tiles import load_tile_index
@@ -112,7 +113,7 @@ class ChunkReader:
 
     def _open(self) -> tuple[zarr.Array, zarr.Array, ShardReader | None, ShardReader | None]:
         if self._arrays is None:
-            root = zarr.open_group(self.store, mode="r", zarr_format=3)
+            root = zarr.open_group(as_location(self.store).zarr_store(read_only=True), mode="r", zarr_format=3)
             landsat, mining = root["landsat"], root["mining"]
             assert isinstance(landsat, zarr.Array) and isinstance(mining, zarr.Array)
             self._arrays = (landsat, mining, ShardReader.for_array(landsat), ShardReader.for_array(mining))

@@ -20,8 +20,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import json
 import os
-import shutil
 import time
 from pathlib import Path
 from types import ModuleType
@@ -38,9 +38,9 @@ from .config import PredictConfig, StoreLayout
 from .encoding import FILL_VALUE, GRID_MAPPING_ATTRS, normalize
 from .errors import ModelFileError, ModelMismatchError, StoreError, YearError
 from .grid import GLOBAL_SHAPE, GridSlice, sparse_cover
-from .paths import local_path
+from .paths import Location, as_location
 from .shards import IngestReport, run_shards, shard_writer
-from .store import check_writable_folder, create_atomically, global_template, region_name
+from .store import CREATING, check_writable_folder, create_atomically, global_template, region_name
 
 if TYPE_CHECKING:
     import keras
@@ -62,12 +62,27 @@ def _load(path: str) -> keras.Model:
 
 
 def _resolve(model: Any) -> keras.Model:
-    if isinstance(model, (str, os.PathLike)):
-        p = local_path(model, what="the model")
-        if not p.exists():
-            raise ModelFileError(f"model file {p} does not exist; train one with `miningxr train`")
-        return _load(str(p.resolve()))
+    if isinstance(model, (str, os.PathLike, Location)):
+        return _load(str(model_file(model).resolve()))
     return model
+
+
+def _model_ref(model: str | os.PathLike) -> str:
+    loc = as_location(model, what="the model")
+    return str(loc) if loc.is_url else str(loc.local.resolve())
+
+
+def model_file(model: str | os.PathLike | Location) -> Path:
+    """The local ``.keras`` file of a model path or URL (downloaded once, cached), or a
+    :class:`ModelFileError` naming the fix when there is none."""
+    loc = as_location(model, what="the model")
+    try:
+        p = loc.fetch()
+    except FileNotFoundError:
+        p = None
+    if p is None or not p.exists():
+        raise ModelFileError(f"model file {loc} does not exist; train one with `miningxr train`")
+    return p
 
 
 def _spec(model: Any) -> TileSpec:
@@ -241,7 +256,8 @@ def predict(
         # dask's overlap needs every chunk at least as deep as the halo: fold small edge chunks
         arr = arr.chunk({"y": _min_chunks(in_rows, halo), "x": _min_chunks(in_cols, halo)})
     row_chunks, col_chunks = arr.data.chunks[0], arr.data.chunks[1]
-    model_ref = str(Path(model).resolve()) if isinstance(model, (str, os.PathLike)) else m
+    # a path or URL travels to the workers, which load (and for a URL download) it once each
+    model_ref = _model_ref(model) if isinstance(model, (str, os.PathLike)) else m
     mean, std = [float(v) for v in spec.mean], [float(v) for v in spec.std]  # plain lists pickle
 
     def run(x: da.Array) -> da.Array:
@@ -355,7 +371,7 @@ def write_predictions(
             total.failed.update(r.failed)
         return total
     t0 = time.perf_counter()
-    path = local_path(path, what="the prediction store")
+    path = as_location(path, what="the prediction store")
     gslice = GridSlice.of_coords(pred)
     if "year" in pred.dims:
         years, data = [int(y) for y in pred.year.values], pred.transpose("year", "y", "x").data
@@ -374,12 +390,12 @@ def write_predictions(
     shard = 2048 if 2048 % chunk == 0 else chunk
     model = _model_record(pred.attrs)
     if _check_prediction_store(path, model, force):
-        shutil.rmtree(path)  # --force with another model: its predictions are replaced, not mixed
+        path.delete()  # --force with another model: its predictions are replaced, not mixed
 
-    def build(tmp: Path) -> None:
+    def build(tmp: Location) -> None:
         template = global_template(year=("year", np.asarray(layout.years, dtype=np.int32)))
-        template.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False)
-        root = zarr.open_group(tmp, mode="r+", zarr_format=3)
+        template.to_zarr(tmp.zarr_store(), mode="w", zarr_format=3, consolidated=False)
+        root = zarr.open_group(tmp.zarr_store(), mode="r+", zarr_format=3)
         attrs = {k: v for k, v in pred.attrs.items() if k != "model"}
         root.create_array(
             "mining_probability",
@@ -401,7 +417,7 @@ def write_predictions(
             "model": model,
         }
 
-    if not (path / "zarr.json").exists():
+    if not _is_prediction_store(path):
         create_atomically(path, build)  # False: a concurrent writer made it first; use theirs
     meta = _prediction_meta(path)
     shard = int(meta["shard"])
@@ -430,15 +446,21 @@ def write_predictions(
 PREDICTIONS_VERSION = 2
 
 
-def _check_prediction_store(path: Path, model: dict[str, Any], force: bool) -> bool:
+def _is_prediction_store(loc: Location) -> bool:
+    """Whether ``loc`` holds a finished prediction store (its root's attributes, written last)."""
+    raw = loc.read_bytes("zarr.json")
+    return raw is not None and "miningxr_predictions" in json.loads(raw).get("attributes", {})
+
+
+def _check_prediction_store(path: Location, model: dict[str, Any], force: bool) -> bool:
     """Refuse, before any write, a file in the way, a folder we cannot write, or a prediction
     store of another model; True when ``force`` is to replace that store's predictions."""
-    if path.exists() and not path.is_dir():
+    if not path.is_url and path.local.exists() and not path.local.is_dir():
         raise StoreError(
             f"{path} is a file, not a prediction store; give --out a new or existing "
             "prediction store folder (e.g. pred.zarr)"
         )
-    if (path / "zarr.json").exists():
+    if path.exists("zarr.json") and not (path.is_url and path.exists(CREATING)):
         have = _prediction_meta(path, what="use another --out")["model"]
         if have != model:
             if force:
@@ -450,19 +472,23 @@ def _check_prediction_store(path: Path, model: dict[str, Any], force: bool) -> b
                 "replace them with --force (force=True)"
             )
         return False
-    if path.exists() and any(path.iterdir()):
+    if path.exists() and not path.exists(CREATING) and (path.is_url or any(path.local.iterdir())):
         raise StoreError(f"{path} exists and is not a prediction store; choose an empty or new --out")
-    check_writable_folder(path.parent, what=f"the prediction store {path}")
+    check_writable_folder(path if path.is_url else path.parent, what=f"the prediction store {path}")
     return False
 
 
-def _prediction_meta(path: Path, what: str = "write one with `miningxr predict`") -> dict[str, Any]:
+def _prediction_meta(
+    path: str | os.PathLike | Location, what: str = "write one with `miningxr predict`"
+) -> dict[str, Any]:
     """The ``miningxr_predictions`` attributes of a prediction store; a clear error if none."""
-    if not (path / "zarr.json").exists():
+    path = as_location(path, what="the prediction store")
+    raw = path.read_bytes("zarr.json")
+    if raw is None:
         raise StoreError(
             f"{path} is not a prediction store (no zarr.json); write one with `miningxr predict`"
         )
-    meta = zarr.open_group(str(path), mode="r").attrs.get("miningxr_predictions")
+    meta = json.loads(raw).get("attributes", {}).get("miningxr_predictions")
     if not isinstance(meta, dict):
         raise StoreError(f"{path} is a Zarr store but not a miningxr prediction store; {what}")
     if meta.get("version") != PREDICTIONS_VERSION:
@@ -477,20 +503,20 @@ def _model_record(attrs: dict[str, Any]) -> dict[str, Any]:
     """What names a model across runs: the sha256 of its file (else its name), bands, tile size."""
     model = attrs.get("model")
     identity = str(model)
-    p = Path(str(model))
+    p = model_file(model) if model is not None and as_location(str(model)).exists() else Path(str(model))
     if model is not None and p.is_file():
         h = hashlib.sha256()
         with open(p, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
-        identity = f"{p.name} sha256:{h.hexdigest()[:16]}"
+        identity = f"{as_location(str(model)).name} sha256:{h.hexdigest()[:16]}"
     return {"identity": identity, "bands": list(attrs.get("bands", [])), "tile_size": attrs.get("tile_size")}
 
 
 def prediction_regions(path: str | os.PathLike) -> dict[str, GridSlice]:
     """The regions a prediction store holds (any year): disjoint rectangles of whole shards, by
     name (its top-left shard, as :func:`~miningxr.open_regions` names them)."""
-    meta = _prediction_meta(local_path(path, what="the prediction store"))
+    meta = _prediction_meta(path)
     with Catalog(path, readonly=True) as cat:
         done = cat.shards("mining_probability", state="done")
     if done.empty:
@@ -502,7 +528,7 @@ def prediction_regions(path: str | os.PathLike) -> dict[str, GridSlice]:
 
 def predicted_extent(path: str | os.PathLike) -> GridSlice | None:
     """The slice covering every shard a prediction store has written, or None when it has none."""
-    meta = _prediction_meta(local_path(path, what="the prediction store"))
+    meta = _prediction_meta(path)
     with Catalog(path, readonly=True) as cat:
         done = cat.shards("mining_probability", state="done")
     if done.empty:
@@ -518,7 +544,7 @@ def open_predictions(
 
     Refuses, naming both extents, a prediction store that holds nothing over that slice.
     """
-    meta = _prediction_meta(local_path(path, what="the prediction store"))
+    meta = _prediction_meta(path)
     gslice = GridSlice.of_coords(like)
     with Catalog(path, readonly=True) as cat:
         done = cat.shards("mining_probability", state="done")
@@ -543,7 +569,8 @@ def open_predictions(
             f"the predictions in {path} hold year(s) {held} there, not {year}; predict it "
             f"(`miningxr predict ... --years {year}`) or pick one of these"
         )
-    ds = xr.open_zarr(path, chunks=None, consolidated=False, zarr_format=3, decode_coords="all")
+    store = as_location(path).zarr_store(read_only=True)
+    ds = xr.open_zarr(store, chunks=None, consolidated=False, zarr_format=3, decode_coords="all")
     out = ds["mining_probability"].isel(y=gslice.rows, x=gslice.cols)
     out = out.assign_coords(spatial_ref=gslice.coords()["spatial_ref"])
     chunks = like.chunksizes if like.chunks is not None else {}

@@ -19,7 +19,7 @@ import zarr
 from numcodecs import blosc
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
 from zarr.core.metadata import ArrayV3Metadata
-from zarr.storage import LocalStore
+from zarr.storage import LocalStore, ObjectStore
 
 from .errors import StoreError
 
@@ -31,7 +31,7 @@ _NO_CHUNK = 2**64 - 1
 
 
 class ShardReader:
-    """Whole chunks of one sharded array of a local store, decoded straight into the caller's arrays.
+    """Whole chunks of one sharded array, decoded straight into the caller's arrays.
 
     zarr-python reads a chunk through its asyncio codec pipeline: fresh bytes from the file, a
     fresh decoded array, then a copy into ``out``. The loader decodes every chunk of a split
@@ -50,8 +50,13 @@ class ShardReader:
     >>> ShardReader.for_array(arr).read([(684, 1311)], [out])  # doctest: +SKIP
     """
 
-    def __init__(self, root: Path, array: zarr.Array, sharding: ShardingCodec, decode: Decode):
-        self._dir = root / array.path if array.path else root
+    def __init__(
+        self, root: Path | Any, array: zarr.Array, sharding: ShardingCodec, decode: Decode
+    ):
+        # a local folder, or an obstore store (object storage: ranged GETs, in parallel)
+        self._objects = None if isinstance(root, Path) else root
+        self._dir = (root / array.path if array.path else root) if isinstance(root, Path) else None
+        self._prefix = f"{array.path}/" if array.path else ""
         self._key = array.metadata.encode_chunk_key
         self._decode = decode
         self.chunk_shape = tuple(sharding.chunk_shape)
@@ -65,7 +70,9 @@ class ShardReader:
     @classmethod
     def for_array(cls, array: zarr.Array) -> ShardReader | None:
         """A reader of ``array`` when it is laid out as :func:`create_store` writes; else None."""
-        if not isinstance(array.metadata, ArrayV3Metadata) or not isinstance(array.store, LocalStore):
+        if not isinstance(array.metadata, ArrayV3Metadata) or not isinstance(
+            array.store, (LocalStore, ObjectStore)
+        ):
             return None
         codecs = array.metadata.codecs
         if not (len(codecs) == 1 and isinstance(codecs[0], ShardingCodec)):
@@ -92,6 +99,8 @@ class ShardReader:
             decode = numcodecs.Zstd().decode
         else:
             return None
+        if isinstance(array.store, ObjectStore):
+            return cls(array.store.store, array, sharding, decode)
         return cls(Path(array.store.root), array, sharding, decode)
 
     def read(self, chunk_coords: Sequence[tuple[int, ...]], outs: Sequence[np.ndarray]) -> None:
@@ -107,7 +116,58 @@ class ShardReader:
                 (tuple(c % k for c, k in zip(coords, self._per_shard, strict=True)), out)
             )
         for shard, wanted in shards.items():
-            self._read_shard(self._dir / self._key(shard), wanted)
+            if self._dir is not None:
+                self._read_shard(self._dir / self._key(shard), wanted)
+            else:
+                self._read_object(self._prefix + self._key(shard), wanted)
+
+    def _read_object(self, key: str, wanted: list) -> None:
+        """A shard in object storage: its index by one suffix GET, then every wanted chunk by
+        ranged GETs that obstore issues in parallel (coalescing neighbours), each decoded
+        straight into its place."""
+        import obstore
+        from obstore.exceptions import NotFoundError
+
+        try:
+            tail = bytes(obstore.get(self._objects, key, options={"range": {"suffix": self._index_bytes}}).bytes())
+        except NotFoundError:  # a shard never ingested
+            for _, out in wanted:
+                out[...] = self.fill_value
+            return
+        index = self._index(tail, key)
+        todo = []
+        for within, out in wanted:
+            offset, length = (int(v) for v in index[within])
+            if offset == _NO_CHUNK:
+                out[...] = self.fill_value
+            else:
+                todo.append((offset, length, within, out))
+        if not todo:
+            return
+        parts = obstore.get_ranges(
+            self._objects, key, starts=[t[0] for t in todo], lengths=[t[1] for t in todo]
+        )
+        for (_, length, within, out), data in zip(todo, parts, strict=True):
+            if len(data) != length:
+                raise StoreError(f"shard {key} is truncated; delete it and re-run the ingest that wrote it")
+            self._decode_into(data, out, within, key)
+
+    def _index(self, tail: bytes, where: Any) -> np.ndarray:
+        if len(tail) != self._index_bytes or _crc32c(tail[:-4]) != tail[-4:]:
+            raise StoreError(
+                f"shard {where} is damaged (its chunk index fails its checksum); "
+                "delete it and re-run the ingest that wrote it"
+            )
+        return np.frombuffer(tail, "<u8", count=(self._index_bytes - 4) // 8).reshape(*self._per_shard, 2)
+
+    def _decode_into(self, data: Any, out: np.ndarray, within: tuple[int, ...], where: Any) -> None:
+        try:
+            self._decode(data, out)
+        except (RuntimeError, ValueError) as e:
+            raise StoreError(
+                f"chunk {within} of shard {where} cannot be decoded ({e}); delete "
+                "the shard and re-run the ingest that wrote it"
+            ) from e
 
     def _read_shard(self, path: Path, wanted: list) -> None:
         try:
@@ -119,15 +179,7 @@ class ShardReader:
         with f:
             size = f.seek(0, os.SEEK_END)
             f.seek(max(size - self._index_bytes, 0))
-            tail = f.read(self._index_bytes)
-            if len(tail) != self._index_bytes or _crc32c(tail[:-4]) != tail[-4:]:
-                raise StoreError(
-                    f"shard {path} is damaged (its chunk index fails its checksum); "
-                    "delete it and re-run the ingest that wrote it"
-                )
-            index = np.frombuffer(tail, "<u8", count=(self._index_bytes - 4) // 8).reshape(
-                *self._per_shard, 2
-            )
+            index = self._index(f.read(self._index_bytes), path)
             for within, out in wanted:
                 offset, length = (int(v) for v in index[within])
                 if offset == _NO_CHUNK:
@@ -139,13 +191,7 @@ class ShardReader:
                     raise StoreError(
                         f"shard {path} is truncated; delete it and re-run the ingest that wrote it"
                     )
-                try:
-                    self._decode(data, out)
-                except (RuntimeError, ValueError) as e:
-                    raise StoreError(
-                        f"chunk {within} of shard {path} cannot be decoded ({e}); delete "
-                        "the shard and re-run the ingest that wrote it"
-                    ) from e
+                self._decode_into(data, out, within, path)
 
     def _buffer(self, n: int) -> memoryview:
         buf = getattr(self._local, "buf", None)

@@ -45,69 +45,100 @@ from .config import BANDS, StoreLayout, as_years
 from .encoding import FILL_VALUE, GRID_MAPPING_ATTRS, MASK_ATTRS, landsat_attrs
 from .errors import StoreError, YearError
 from .grid import GLOBAL_SHAPE, GridSlice, as_slice, sparse_cover
-from .paths import local_path
+from .paths import Location, as_location
 
-LAYOUT_VERSION = 1
+#: 2: the catalog is a log of objects in the store (was: an SQLite file)
+LAYOUT_VERSION = 2
 
 # --------------------------------------------------------------------------- create / open
 
 
-def create_store(path: str | os.PathLike, layout: StoreLayout | None = None) -> StoreLayout:
-    """Create an empty global store at ``path`` or validate the one there; return its layout.
+def create_store(path: str | os.PathLike | Location, layout: StoreLayout | None = None) -> StoreLayout:
+    """Create an empty global store at ``path`` (a folder or an object-storage URL) or validate
+    the one there; return its layout.
 
     Creating writes metadata and the 1-D coordinates only (a few MB); no shard exists until
     ingested.
     """
-    path = local_path(path, what="the store")
-    layout = check_store_path(path, layout)
-    if (path / "zarr.json").exists():
+    loc = as_location(path, what="the store")
+    layout = check_store_path(loc, layout)
+    if _is_store(loc):
         return layout
-    if create_atomically(path, lambda tmp: _build_store(tmp, layout)):
+    if create_atomically(loc, lambda tmp: _build_store(tmp, layout)):
         return layout
-    return create_store(path, layout)  # another process created it first: validate theirs
+    return create_store(loc, layout)  # another process created it first: validate theirs
 
 
-def check_store_path(path: str | os.PathLike, layout: StoreLayout | None = None) -> StoreLayout:
+def _is_store(loc: Location) -> bool:
+    """Whether ``loc`` holds a finished miningxr store (its root names the layout)."""
+    raw = loc.read_bytes("zarr.json")
+    return raw is not None and "miningxr" in json.loads(raw).get("attributes", {})
+
+
+def check_store_path(path: str | os.PathLike | Location, layout: StoreLayout | None = None) -> StoreLayout:
     """The layout a store at ``path`` has or will have, checked before anything is written.
 
     Refuses a path that is a file, a folder that holds something else, an existing store of
-    another layout, and a place this process cannot write, each with the fix.
+    another layout, and a place this process cannot write (a read-only folder; a missing
+    bucket or credentials that may not write it), each with the fix.
     """
-    path = local_path(path, what="the store")
-    if path.exists() and not path.is_dir():
+    loc = as_location(path, what="the store")
+    if not loc.is_url and loc.local.exists() and not loc.local.is_dir():
         raise StoreError(
-            f"{path} is a file, not a store; give the path of a new or existing store folder (e.g. s.zarr)"
+            f"{loc} is a file, not a store; give the path of a new or existing store folder (e.g. s.zarr)"
         )
-    if (path / "zarr.json").exists():
-        existing = store_layout(path)
+    if loc.exists("zarr.json") and not (loc.is_url and loc.exists(CREATING)):
+        existing = store_layout(loc)
         if layout is not None and layout != existing:
-            raise StoreError(f"{path} already has layout {existing}, not {layout}; use another path")
-        if _write_error(path / CATALOG.split("/")[0]) is not None:
+            raise StoreError(f"{loc} already has layout {existing}, not {layout}; use another path")
+        readonly = (
+            loc.is_url and _probe_error(loc) is not None
+        ) or (not loc.is_url and _write_error(loc.local / CATALOG) is not None)
+        if readonly:
             raise StoreError(
-                f"the store {path} is read-only here: it can be read (open_store, status, "
+                f"the store {loc} is read-only here: it can be read (open_store, status, "
                 "predict from it) but not added to; copy it to a writable place to ingest "
                 "into it"
             )
         return existing
-    if path.exists() and any(path.iterdir()):
-        raise StoreError(f"{path} exists and is not a miningxr store; choose an empty or new path")
-    check_writable_folder(path.parent, what=f"the store {path}")
+    if loc.is_url:
+        if loc.list(limit=2) and not loc.exists(CREATING):
+            raise StoreError(f"{loc} holds objects and is not a miningxr store; choose an empty or new prefix")
+        loc.check_writable(what=f"the store {loc}")
+        return layout or StoreLayout()
+    if loc.local.exists() and any(loc.local.iterdir()):
+        raise StoreError(f"{loc} exists and is not a miningxr store; choose an empty or new path")
+    check_writable_folder(loc.local.parent, what=f"the store {loc}")
     return layout or StoreLayout()
 
 
-def check_writable_folder(folder: str | os.PathLike, *, what: str) -> None:
-    """Refuse, with the fix, a folder in which this process cannot create files."""
-    err = _write_error(folder)
+def _probe_error(loc: Location) -> str | None:
+    try:
+        loc.check_writable(what=str(loc))
+    except StoreError as e:
+        return str(e)
+    return None
+
+
+def check_writable_folder(folder: str | os.PathLike | Location, *, what: str) -> None:
+    """Refuse, with the fix, a folder (or object-storage prefix) in which this process cannot
+    create files."""
+    loc = as_location(folder)
+    if loc.is_url:
+        loc.check_writable(what=what)
+        return
+    err = _write_error(loc.local)
     if err is not None:
         raise StoreError(f"cannot create {what}: {err}")
 
 
-def check_output_folder(folder: str | os.PathLike, *, holds: str) -> None:
+def check_output_folder(folder: str | os.PathLike | Location, *, holds: str) -> Location:
     """Refuse an output folder (``--out``) that is a file or cannot be written, before any work."""
-    folder = local_path(folder, what="the output folder (--out)")
-    if folder.exists() and not folder.is_dir():
-        raise StoreError(f"{folder} is a file; give --out a folder for {holds}")
-    check_writable_folder(folder, what=f"{holds} in {folder}")
+    loc = as_location(folder, what="the output folder (--out)")
+    if not loc.is_url and loc.local.exists() and not loc.local.is_dir():
+        raise StoreError(f"{loc} is a file; give --out a folder for {holds}")
+    check_writable_folder(loc, what=f"{holds} in {loc}")
+    return loc
 
 
 def _write_error(folder: str | os.PathLike) -> str | None:
@@ -135,17 +166,30 @@ def imagery_codec() -> BloscCodec:
     return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
 
 
-def create_atomically(path: Path, build: Callable[[Path], None]) -> bool:
-    """Build a new store in a temporary folder beside ``path`` and rename it into place.
+#: the object that marks a store in object storage as being created
+CREATING = ".miningxr-creating"
 
-    A crash while building leaves only the temporary folder, never a half-made store; of two
-    processes creating the same store at once, one rename wins and the other returns False
-    (and should use the winner's store).
+
+def create_atomically(loc: Location, build: Callable[[Location], None]) -> bool:
+    """Build a new store at ``loc`` so that no reader ever takes a half-made one for a store.
+
+    On disk it is built in a temporary folder beside ``loc`` and renamed into place: a crash
+    while building leaves only the temporary folder; of two processes creating the same store at
+    once, one rename wins and the other returns False (and should use the winner's store).
+    Object storage has no rename: a marker object (:data:`CREATING`) stands until the build,
+    which writes the root's attributes last, is done; a build cut short is redone over it
+    (:func:`check_store_path` allows that), and two at once write the same bytes.
     """
+    if loc.is_url:
+        loc.put(CREATING, b"")
+        build(loc)
+        loc.delete(CREATING)
+        return True
+    path = loc.local
     tmp = path.parent / f".{path.name}.creating-{os.getpid()}-{time.monotonic_ns()}"
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        build(tmp)
+        build(as_location(tmp))
         try:
             os.rename(tmp, path)  # atomic; fails if another process put a store there first
         except OSError:
@@ -168,7 +212,7 @@ def global_template(**coords: Any) -> xr.Dataset:
     return xr.Dataset(coords={"x": grid["x"], "y": grid["y"], "spatial_ref": spatial_ref, **coords})
 
 
-def _build_store(path: Path, layout: StoreLayout) -> None:
+def _build_store(loc: Location, layout: StoreLayout) -> None:
     h, w = GLOBAL_SHAPE
     template = global_template(
         year=("year", np.asarray(layout.years, dtype=np.int32)), band=("band", np.asarray(BANDS, dtype="<U7"))
@@ -176,8 +220,8 @@ def _build_store(path: Path, layout: StoreLayout) -> None:
     with warnings.catch_warnings():
         # fixed-width unicode has no finalised Zarr v3 spec yet; xarray and zarr-python read it
         warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
-        template.to_zarr(path, mode="w-", zarr_format=3, consolidated=False)
-    root = zarr.open_group(path, mode="r+", zarr_format=3)
+        template.to_zarr(loc.zarr_store(), mode="w", zarr_format=3, consolidated=False)
+    root = zarr.open_group(loc.zarr_store(), mode="r+", zarr_format=3)
     packed = imagery_codec()
     zstd = ZstdCodec(level=3)
     root.create_array(
@@ -202,27 +246,29 @@ def _build_store(path: Path, layout: StoreLayout) -> None:
         dimension_names=("y", "x"),
         attributes={**MASK_ATTRS, **GRID_MAPPING_ATTRS},
     )
+    Catalog(loc).close()
+    # last: the root's attributes make it a store (see create_store)
     root.attrs["miningxr"] = {
         "layout_version": LAYOUT_VERSION,
         "layout": asdict(layout),
         "crs": "EPSG:6933",
         "resolution": 30,
     }
-    Catalog(path).close()
 
 
-def store_layout(path: str | os.PathLike) -> StoreLayout:
+def store_layout(path: str | os.PathLike | Location) -> StoreLayout:
     """The layout of an existing store; a clear :class:`StoreError` if it is not one."""
-    path = local_path(path, what="the store")
-    if not (path / "zarr.json").exists():
+    path = as_location(path, what="the store")
+    raw = path.read_bytes("zarr.json")
+    if raw is None:
         hint = "it does not exist" if not path.exists() else "it has no zarr.json"
         raise StoreError(
             f"{path} is not a miningxr store ({hint}). Create one by ingesting into "
             f"it: `miningxr ingest --store {path} --bbox ... --year ...`"
         )
     try:
-        attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
-    except (OSError, ValueError) as e:
+        attrs = json.loads(raw).get("attributes", {})
+    except ValueError as e:
         raise StoreError(f"{path}/zarr.json cannot be read ({e}); the store is damaged") from e
     meta = attrs.get("miningxr")
     if meta is None:
@@ -376,7 +422,8 @@ def _open_slice(
     path: str | os.PathLike, layout: StoreLayout, gslice: GridSlice, years: list[int], chunks: int | None
 ) -> xr.Dataset:
     # chunks=None: lazily indexed backend arrays, so slicing builds no whole-globe graph
-    ds = xr.open_zarr(path, chunks=None, consolidated=False, zarr_format=3, decode_coords="all")
+    loc = as_location(path)
+    ds = xr.open_zarr(loc.zarr_store(read_only=True), chunks=None, consolidated=False, zarr_format=3, decode_coords="all")
     # each run of consecutive years as a slice: zarr reads an integer-array selection ~13x slower
     # than a slice of the same chunks (measured: 95 ms vs 7 ms per 512x512x7 chunk)
     runs: list[list[int]] = []
@@ -399,14 +446,14 @@ def _open_slice(
         if len(parts) == 1
         else xr.concat(parts, "year", data_vars="minimal", coords="minimal", compat="override", join="exact")
     )
-    ds.attrs.update(store=str(path), **{f"layout_{k}": v for k, v in asdict(layout).items()})
+    ds.attrs.update(store=str(loc), **{f"layout_{k}": v for k, v in asdict(layout).items()})
     return ds
 
 
 @functools.lru_cache(maxsize=32)
 def _zarr_array(path: str, name: str) -> zarr.Array:
     # one open per worker process: the metadata read is the costly part of a small write
-    return zarr.open_array(path, path=name, mode="r+", zarr_format=3)
+    return zarr.open_array(as_location(path).zarr_store(), path=name, mode="r+", zarr_format=3)
 
 
 def write_block(path: str, name: str, index: tuple, block: np.ndarray) -> int:
@@ -416,10 +463,14 @@ def write_block(path: str, name: str, index: tuple, block: np.ndarray) -> int:
     return int(block.nbytes)
 
 
-def remove_partials(path: str | os.PathLike) -> int:
-    """Delete temporary files an interrupted write left behind; they are never read as data."""
+def remove_partials(path: str | os.PathLike | Location) -> int:
+    """Delete temporary files an interrupted write left behind on disk; they are never read as
+    data. (Object storage has none: a PUT is seen whole or not at all.)"""
+    loc = as_location(path)
+    if loc.is_url:
+        return 0
     n = 0
-    for p in Path(path).rglob("*.partial"):
+    for p in loc.local.rglob("*.partial"):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
             n += 1

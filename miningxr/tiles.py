@@ -19,10 +19,10 @@ Example
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import dask
@@ -36,6 +36,7 @@ import zarr
 from .config import BANDS, TileConfig, as_years
 from .errors import TileError, YearError
 from .grid import CRS_GRID, RESOLUTION, GridSlice, country_table, pixel_corner
+from .paths import Location, as_location
 from .store import open_regions, open_store
 
 SPLITS = ("train", "val", "test")
@@ -278,31 +279,33 @@ def _stats(df, sums, sumsq, nvalid, bands) -> dict:
     }
 
 
-def _paths(store: str | os.PathLike) -> tuple[Path, Path]:
-    d = Path(store) / TILES_DIR
-    return d / "tiles.parquet", d / "tiles.json"
+_PARQUET, _META = f"{TILES_DIR}/tiles.parquet", f"{TILES_DIR}/tiles.json"
 
 
-def save_tile_index(index: gpd.GeoDataFrame, store: str | os.PathLike) -> Path:
-    """Write the index (GeoParquet) and its stats/config (JSON) inside the store."""
-    parquet, meta = _paths(store)
-    if not parquet.parent.exists():
-        # a Zarr group of its own, so zarr sees no foreign object at the store's root
-        zarr.open_group(str(store), mode="r+", zarr_format=3).require_group(TILES_DIR)
-    index.to_parquet(parquet)
-    meta.write_text(
-        json.dumps({k: index.attrs[k] for k in ("stats", "years", "year", "config", "store")}, indent=2)
-    )
-    return parquet
+def save_tile_index(index: gpd.GeoDataFrame, store: str | os.PathLike) -> Location:
+    """Write the index (GeoParquet) and its stats/config (JSON) inside the store; returns the
+    index's location."""
+    loc = as_location(store, what="the store")
+    # a Zarr group of its own, so zarr sees no foreign object at the store's root
+    zarr.open_group(loc.zarr_store(), mode="r+", zarr_format=3).require_group(TILES_DIR)
+    buf = io.BytesIO()
+    index.to_parquet(buf)
+    # the stats first, the index last: a reader finds an index only with its stats beside it
+    meta = {k: index.attrs[k] for k in ("stats", "years", "year", "config", "store")}
+    loc.put(_META, json.dumps(meta, indent=2).encode())
+    loc.put(_PARQUET, buf.getvalue())
+    return loc / _PARQUET
 
 
 def load_tile_index(store: str | os.PathLike) -> gpd.GeoDataFrame:
     """Read the index saved by :func:`tile_index`, with its attrs."""
-    parquet, meta = _paths(store)
-    if not parquet.exists():
+    loc = as_location(store, what="the store")
+    raw = loc.read_bytes(_PARQUET)
+    meta = loc.read_bytes(_META)
+    if raw is None or meta is None:
         raise TileError(
             f"{store} has no tile index yet; build one with `miningxr.tile_index({str(store)!r})`"
         )
-    gdf = gpd.read_parquet(parquet)
-    gdf.attrs.update(json.loads(meta.read_text()))
+    gdf = gpd.read_parquet(io.BytesIO(raw))
+    gdf.attrs.update(json.loads(meta))
     return gdf

@@ -47,11 +47,11 @@ def test_failed_shard_is_recorded_with_its_error_and_retried_on_request(
     assert status(path).done.sum() == 1
 
 
-def test_a_shard_held_by_a_live_ingest_is_not_claimed_twice(tmp_path, shard_slice):
+def test_a_shard_held_by_a_live_ingest_is_not_claimed_twice(any_store, shard_slice):
     from miningxr.catalog import new_owner
     from miningxr.store import create_store
 
-    path = tmp_path / "c.zarr"
+    path = any_store
     create_store(path)
     key = (2020, shard_slice.row0 // 2048, shard_slice.col0 // 2048)
     with Catalog(path) as cat:
@@ -61,20 +61,22 @@ def test_a_shard_held_by_a_live_ingest_is_not_claimed_twice(tmp_path, shard_slic
     assert first == [key] and second == [] and busy == [key]
 
 
-def test_a_dead_owner_s_claim_is_taken_over(tmp_path, shard_slice):
+def test_a_dead_owner_s_claim_is_taken_over(any_store):
+    import socket
+
     from miningxr.store import create_store
 
-    path = tmp_path / "d.zarr"
-    create_store(path)
+    create_store(any_store)
     key = (2020, 1, 1)
-    with Catalog(path) as cat:
-        cat.plan("landsat", [(2020, 1, 1)], "synthetic")
-        cat.claim("landsat", [key], "localhost-that-died:999999999:0")
-        import socket
-
-        cat.db.execute("UPDATE shards SET owner=?", (f"{socket.gethostname()}:999999999:0",))
+    with Catalog(any_store) as cat:
+        cat.plan("landsat", [key], "synthetic")
+        dead = f"{socket.gethostname()}:999999999:0"  # this machine, a pid that does not run
+        assert cat.claim("landsat", [key], dead) == ([key], [])
         claimed, busy = cat.claim("landsat", [key], "me:1:1")
     assert claimed == [key] and busy == []
+    with Catalog(any_store, readonly=True) as cat:
+        row = cat.shards("landsat").iloc[0]
+    assert (row.state, row.owner, row.attempts) == ("running", "me:1:1", 2)
 
 
 def test_year_outside_the_store_is_refused_before_writing(tmp_path, shard_slice):

@@ -175,7 +175,9 @@ class Catalog:
     def plan(self, variable: str, keys: Iterable[ShardKey], source: str) -> None:
         """Record shards as pending; shards the catalog already knows keep their state."""
         latest = self._latest(variable)
-        self._many([(variable, k, 0, "pending", {"source": source}) for k in keys if (variable, k) not in latest])
+        self._many(
+            [(variable, k, 0, "pending", {"source": source}) for k in keys if (variable, k) not in latest]
+        )
 
     def claim(
         self,

@@ -28,6 +28,7 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ from .evaluate import false_colour
 from .export import mine_polygons_from, to_cog
 from .grid import CRS_GRID, PIXEL_AREA_KM2, GridSlice, country_table
 from .labels import rasterize_blocks, read_polygons
-from .paths import local_path
+from .paths import Where, staged
 from .predict import open_predictions, prediction_regions
 from .store import check_output_folder, open_store
 
@@ -333,14 +334,14 @@ GROUPINGS = ("region", "country", "polygon")
 
 
 def change(
-    predictions: str | os.PathLike,
-    out_dir: str | os.PathLike | None = None,
+    predictions: Where,
+    out_dir: Where | None = None,
     *,
     by: str = "region",
     polygons: Any = None,
     config: ChangeConfig | None = None,
     animate: bool = False,
-    store: str | os.PathLike | None = None,
+    store: Where | None = None,
 ) -> pd.DataFrame:
     """Change over time of a prediction store of several years, region by region.
 
@@ -364,9 +365,11 @@ def change(
         raise ConfigError("--by polygon groups by input polygons: give them (--polygons FILE)")
     gdf = read_polygons(polygons, require_columns=by == "country") if polygons is not None else None
     regions = prediction_regions(predictions)
-    out = local_path(out_dir, what="the change folder (--out)") if out_dir is not None else None
-    if out is not None:
-        check_output_folder(out, holds="the change table, rasters and pictures")
+    loc = (
+        check_output_folder(out_dir, holds="the change table, rasters and pictures")
+        if out_dir is not None
+        else None
+    )
     # every region checked (lazily) before the first is computed or written
     probs = {
         name: open_predictions(predictions, xr.Dataset(coords=g.coords())) for name, g in regions.items()
@@ -377,34 +380,39 @@ def change(
                 f"the predictions in {predictions} hold one year ({int(prob.year[0])}) there: change "
                 "over time needs several; predict more (`miningxr predict ... --years ...`)"
             )
-    tables, expansions, frames = [], [], []
-    for name, gslice in regions.items():
-        prob = probs[name]
-        mined = consistent_mining(prob, cfg).compute()
-        groups, names = _groups(gslice, by, gdf, name)
-        tables.append(change_table(mined, groups, names))
+    # in object storage: written in a local folder, each file uploaded whole at the end
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(staged(loc)) if loc is not None else None
+        tables, expansions, frames = [], [], []
+        for name, gslice in regions.items():
+            prob = probs[name]
+            mined = consistent_mining(prob, cfg).compute()
+            groups, names = _groups(gslice, by, gdf, name)
+            tables.append(change_table(mined, groups, names))
+            if out is not None:
+                out.mkdir(parents=True, exist_ok=True)
+                onset, closure = onset_year(mined), closure_year(mined)
+                suffix = "" if len(regions) == 1 else f"_{name}"
+                years = [int(y) for y in mined.year.values]
+                _year_cog(onset, out / f"onset{suffix}.tif", years)
+                _year_cog(closure, out / f"closure{suffix}.tif", years)
+                expansions.append(_expansion(mined, groups, names))
+                frames.append((name, mined, onset))
+        table = pd.concat(tables, ignore_index=True).groupby(["year", "group"], as_index=False).sum()
         if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            onset, closure = onset_year(mined), closure_year(mined)
-            suffix = "" if len(regions) == 1 else f"_{name}"
-            years = [int(y) for y in mined.year.values]
-            _year_cog(onset, out / f"onset{suffix}.tif", years)
-            _year_cog(closure, out / f"closure{suffix}.tif", years)
-            expansions.append(_expansion(mined, groups, names))
-            frames.append((name, mined, onset))
-    table = pd.concat(tables, ignore_index=True).groupby(["year", "group"], as_index=False).sum()
-    if out is not None:
-        table.to_csv(out / "change.csv", index=False)
-        table.to_parquet(out / "change.parquet", index=False)
-        gpd.GeoDataFrame(pd.concat(expansions, ignore_index=True), crs="EPSG:4326").to_file(
-            out / "expansion.gpkg", layer="expansion", driver="GPKG"
-        )
-        plot_change(table, out / "change.png")
-        first_region = frames[0][1]
-        span = (int(first_region.year.values[0]), int(first_region.year.values[-1]))
-        plot_onset(frames[0][2], out / "onset.png", background=_composite(store, frames[0][2]), years=span)
-        if animate:
-            animate_mining(frames[0][1], out / "mining.gif")
+            table.to_csv(out / "change.csv", index=False)
+            table.to_parquet(out / "change.parquet", index=False)
+            gpd.GeoDataFrame(pd.concat(expansions, ignore_index=True), crs="EPSG:4326").to_file(
+                out / "expansion.gpkg", layer="expansion", driver="GPKG"
+            )
+            plot_change(table, out / "change.png")
+            first_region = frames[0][1]
+            span = (int(first_region.year.values[0]), int(first_region.year.values[-1]))
+            plot_onset(
+                frames[0][2], out / "onset.png", background=_composite(store, frames[0][2]), years=span
+            )
+            if animate:
+                animate_mining(frames[0][1], out / "mining.gif")
     return table
 
 
@@ -509,7 +517,7 @@ def plot_onset(
     return Path(path)
 
 
-def _composite(store: str | os.PathLike | None, like: xr.DataArray) -> np.ndarray | None:
+def _composite(store: Where | None, like: xr.DataArray) -> np.ndarray | None:
     """The SWIR2-NIR-red composite of the store's latest year over ``like``, or None without a
     store (or where it holds no imagery)."""
     if store is None:

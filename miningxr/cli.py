@@ -28,7 +28,7 @@ from .grid import Region, country_shards
 from .ingest import ingest
 from .jsonio import json_dumps
 from .labels import parse_columns, read_polygons, write_mask
-from .paths import local_path
+from .paths import local_path, staged
 from .predict import open_predictions, predict, write_predictions
 from .shards import failures, status
 from .sources import SOURCES
@@ -286,7 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--year, predict every year, run `miningxr change` (onset and closure years, area "
         "per year, expansion polygons, pictures) and check it against the synthetic truth.",
     )
-    p.add_argument("--out", default="miningxr-demo")
+    p.add_argument(
+        "--out", default="miningxr-demo", help="local folder for the report, pictures, exports, model and log"
+    )
+    p.add_argument(
+        "--store",
+        help="where store.zarr and predictions.zarr go: a folder or an object-storage URL "
+        "(s3://bucket/demo, gs://..., az://...; credentials from the environment). Default: --out",
+    )
     p.add_argument("--lon", type=float, default=29.05)
     p.add_argument("--lat", type=float, default=-25.95)
     p.add_argument(
@@ -497,14 +504,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    out = local_path(args.out, what="--out")
-    check_output_folder(out, holds="report.json and the PNGs")
+    loc = check_output_folder(args.out, holds="report.json and the PNGs")
     polygons = None
     if args.polygons:
         polygons = read_polygons(args.polygons, layer=args.layer, columns=args.columns, require_columns=False)
     elif args.layer or args.columns:
         raise UsageError("--layer and --columns describe --polygons FILE; give it too")
-    with _cluster(args):
+    with _cluster(args), staged(loc) as out:  # for a URL: written here, uploaded at the end
         report = evaluate(
             args.store,
             args.predictions,

@@ -26,7 +26,7 @@ from .ingest import ingest
 from .jsonio import write_json
 from .labels import write_mask
 from .model.train import train
-from .paths import local_path
+from .paths import Location, as_location, local_path
 from .predict import open_predictions, predict, write_predictions
 from .sources.synthetic import mine_polygons, mine_table, mining_truth
 from .store import open_store
@@ -80,6 +80,13 @@ def _setup(args: argparse.Namespace) -> tuple[Config, Path, GridSlice, int]:
     return (cfg, out, *_demo_region(args, cfg))
 
 
+def _stores(args: argparse.Namespace, out: Path) -> tuple[Location, Location]:
+    """The demo's imagery store and prediction store: in ``--out``, or below ``--store`` (a
+    folder or an object-storage URL such as ``s3://bucket/demo``)."""
+    root = as_location(args.store, what="--store") if getattr(args, "store", None) else as_location(out)
+    return root / "store.zarr", root / "predictions.zarr"
+
+
 @contextmanager
 def _client(args: argparse.Namespace) -> Iterator[str]:
     """The demo's Dask client (``--scheduler`` or a LocalCluster); yields its dashboard link."""
@@ -93,7 +100,7 @@ def _train_on_one_year(
 ) -> tuple[Any, Any]:
     """The stages both demos share: ingest ``years``, rasterize the polygons of ``--year``,
     build its tile index and train. Returns the tile index and the training result."""
-    store = out / "store.zarr"
+    store, _ = _stores(args, out)
     region, _ = _demo_region(args, cfg)
     progress = not args.quiet
     # the polygons trained on, checked before anything is written
@@ -141,11 +148,12 @@ def _predict_years(
     """Predict ``years`` of the demo's store into its prediction store (``--overlap`` or
     ``overlap``); returns the cube predicted."""
     with _stage("predict", times):
-        ds = open_store(out / "store.zarr", years=years)
+        store, pred_store = _stores(args, out)
+        ds = open_store(store, years=years)
         prob = predict(
             ds, model, config=cfg.predict, overlap=overlap if args.overlap is None else args.overlap
         )
-        print(write_predictions(prob, out / "predictions.zarr", progress=not args.quiet))
+        print(write_predictions(prob, pred_store, progress=not args.quiet))
     return ds
 
 
@@ -153,7 +161,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if getattr(args, "temporal", False):
         return run_temporal_demo(args)
     cfg, out, region, n_shards = _setup(args)
-    store, pred_store = out / "store.zarr", out / "predictions.zarr"
+    store, pred_store = _stores(args, out)
     times: dict[str, float] = {}
     t_all = time.perf_counter()
     with _client(args) as dashboard:
@@ -204,7 +212,7 @@ def run_temporal_demo(args: argparse.Namespace) -> int:
         _, result = _train_on_one_year(args, cfg, years, out, times)
         # 8 px of overlap: no seams, and a sixth less work than 16 over 31 years
         ds = _predict_years(args, cfg, out, years, result.model_path, 8, times)
-        store, pred_store = out / "store.zarr", out / "predictions.zarr"
+        store, pred_store = _stores(args, out)
         with _stage("change", times):
             table = change(pred_store, out / "change", config=cfg.change, animate=True, store=store)
         with _stage("truth", times):

@@ -31,6 +31,7 @@ from .errors import EvaluateError, StoreError
 from .grid import PIXEL_AREA_KM2, GridSlice
 from .jsonio import write_json
 from .labels import rasterize_blocks, read_polygons
+from .paths import Where
 from .predict import open_predictions
 from .store import open_regions
 from .tiles import load_tile_index, tile_key
@@ -61,7 +62,7 @@ def _split_mask(index: Any, split: str, gslice: GridSlice, chunks: Any) -> da.Ar
 
 
 def evaluate(
-    store: str | os.PathLike,
+    store: Where,
     predictions: Any,
     *,
     split: str = "test",
@@ -126,7 +127,7 @@ def evaluate(
     return report
 
 
-def _pieces(store: str | os.PathLike, predictions: Any) -> list[tuple[str, int, xr.DataArray, xr.Dataset]]:
+def _pieces(store: Where, predictions: Any) -> list[tuple[str, int, xr.DataArray, xr.Dataset]]:
     """(region, year, prediction, store Dataset) for every region and year predicted."""
     regions = [node.to_dataset() for node in open_regions(store).children.values()]
     pieces = []

@@ -26,7 +26,7 @@ from .encoding import MASK_ATTRS
 from .errors import StoreError
 from .grid import CRS_GRID, PIXEL_AREA_KM2, RESOLUTION, GridSlice
 from .labels import valid_polygons
-from .paths import local_path
+from .paths import Where, staged
 from .predict import open_predictions
 from .store import check_output_folder, open_regions
 
@@ -112,7 +112,7 @@ def mine_polygons_from(prob: xr.DataArray, threshold: float = 0.5, min_pixels: i
 
 def export(
     prob: xr.DataArray,
-    out_dir: str | os.PathLike,
+    out_dir: Where,
     *,
     threshold: float = 0.5,
     min_pixels: int = 4,
@@ -140,15 +140,13 @@ def export(
     dict
         Paths by kind and suffix: ``probability[_REGION][_YEAR]``, ``mask[...]``, ``polygons``.
     """
-    return _export(
-        [(region, prob)], local_path(out_dir, what="the export folder (--out)"), threshold, min_pixels
-    )
+    return _export([(region, prob)], out_dir, threshold, min_pixels)
 
 
 def export_store(
-    store: str | os.PathLike,
-    predictions: str | os.PathLike,
-    out_dir: str | os.PathLike,
+    store: Where,
+    predictions: Where,
+    out_dir: Where,
     *,
     threshold: float = 0.5,
     min_pixels: int = 4,
@@ -164,13 +162,27 @@ def export_store(
             first_error = first_error or e
     if not pieces and first_error is not None:
         raise first_error
-    return _export(pieces, local_path(out_dir, what="the export folder (--out)"), threshold, min_pixels)
+    return _export(pieces, out_dir, threshold, min_pixels)
 
 
 def _export(
+    pieces: list[tuple[str | None, xr.DataArray]],
+    out_dir: Where,
+    threshold: float,
+    min_pixels: int,
+) -> dict[str, Any]:
+    loc = check_output_folder(out_dir, holds="the GeoTIFFs and the GeoPackage")
+    # in object storage: written in a local folder, each file uploaded whole at the end
+    with staged(loc) as out:
+        paths = _write_layers(pieces, out, threshold, min_pixels)
+    if loc.is_url:
+        return {k: loc / p.relative_to(out).as_posix() for k, p in paths.items()}
+    return paths
+
+
+def _write_layers(
     pieces: list[tuple[str | None, xr.DataArray]], out: Path, threshold: float, min_pixels: int
 ) -> dict[str, Path]:
-    check_output_folder(out, holds="the GeoTIFFs and the GeoPackage")
     # one region and year at a time, computed, written and let go: memory holds one layer
     layers = [
         (region, year, prob.sel(year=year) if year is not None and "year" in prob.dims else prob)

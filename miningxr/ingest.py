@@ -18,12 +18,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from .config import StoreLayout, as_years
 from .errors import RegionError, YearError
 from .grid import GridSlice, as_region
+from .paths import Where
 from .shards import IngestReport, run_shards, shard_writer
 from .sources import open_landsat, source_years
 from .store import check_store_path, create_store, remove_partials
@@ -32,7 +32,7 @@ log = logging.getLogger("miningxr")
 
 
 def ingest(
-    store: str | Path,
+    store: Where,
     region: Any,
     years: int | Sequence[int],
     *,

@@ -34,8 +34,8 @@ from .catalog import NO_YEAR, Catalog, ShardKey
 from .encoding import MASK_ATTRS
 from .errors import LabelError
 from .grid import CRS_GRID, GridSlice, as_slice, country_table, pixel_corner, sparse_cover
+from .paths import Where, as_location
 from .shards import IngestReport, MakeTask, run_shards, shard_writer
-from .paths import as_location
 from .store import open_store, store_layout
 
 if TYPE_CHECKING:
@@ -380,7 +380,7 @@ def mining_mask(
 
 
 def write_mask(
-    store: str | os.PathLike,
+    store: Where,
     polygons: Any,
     *,
     region: Any = None,

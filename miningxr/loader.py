@@ -24,7 +24,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
-import os
 import threading
 import time
 from collections import deque
@@ -38,8 +37,8 @@ from zarr.core.buffer import default_buffer_prototype
 from .config import BANDS, TrainConfig
 from .encoding import ADD_OFFSET, FILL_VALUE, SCALE_FACTOR
 from .errors import LoaderError
+from .paths import Where, as_location
 from .shardfile import ShardReader
-from .paths import as_location
 from .store import store_layout
 from .tfimport import import_tensorflow
 from .tiles import load_tile_index
@@ -113,7 +112,9 @@ class ChunkReader:
 
     def _open(self) -> tuple[zarr.Array, zarr.Array, ShardReader | None, ShardReader | None]:
         if self._arrays is None:
-            root = zarr.open_group(as_location(self.store).zarr_store(read_only=True), mode="r", zarr_format=3)
+            root = zarr.open_group(
+                as_location(self.store).zarr_store(read_only=True), mode="r", zarr_format=3
+            )
             landsat, mining = root["landsat"], root["mining"]
             assert isinstance(landsat, zarr.Array) and isinstance(mining, zarr.Array)
             self._arrays = (landsat, mining, ShardReader.for_array(landsat), ShardReader.for_array(mining))
@@ -281,7 +282,7 @@ def _chunk_table(tiles: Any, chunk: int, tile: int) -> tuple[np.ndarray, np.ndar
 
 
 def training_dataset(
-    store: str | os.PathLike,
+    store: Where,
     index: Any = None,
     split: str = "train",
     *,

@@ -103,8 +103,7 @@ class Location:
     @property
     def parent(self) -> Location:
         if self.is_url:
-            head = self.text.rstrip("/").rsplit("/", 1)[0]
-            return Location(head if _URL.match(head + "/") and "/" in head.split("://", 1)[1] else head)
+            return Location(self.text.rstrip("/").rsplit("/", 1)[0])
         return Location(str(Path(self.text).parent))
 
     # ------------------------------------------------------------------ stores
@@ -263,6 +262,10 @@ def _object_store(text: str) -> Any:
 
         options["credential_provider"] = Boto3CredentialProvider()
     return from_url(text, **options)
+
+
+#: what every function taking a store, a model or an output folder accepts
+Where = str | os.PathLike | Location
 
 
 def as_location(path: str | os.PathLike | Location, *, what: str = "the path") -> Location:

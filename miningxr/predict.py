@@ -38,7 +38,7 @@ from .config import PredictConfig, StoreLayout
 from .encoding import FILL_VALUE, GRID_MAPPING_ATTRS, normalize
 from .errors import ModelFileError, ModelMismatchError, StoreError, YearError
 from .grid import GLOBAL_SHAPE, GridSlice, sparse_cover
-from .paths import Location, as_location
+from .paths import Location, Where, as_location
 from .shards import IngestReport, run_shards, shard_writer
 from .store import CREATING, check_writable_folder, create_atomically, global_template, region_name
 
@@ -67,12 +67,12 @@ def _resolve(model: Any) -> keras.Model:
     return model
 
 
-def _model_ref(model: str | os.PathLike) -> str:
+def _model_ref(model: Where) -> str:
     loc = as_location(model, what="the model")
     return str(loc) if loc.is_url else str(loc.local.resolve())
 
 
-def model_file(model: str | os.PathLike | Location) -> Path:
+def model_file(model: Where) -> Path:
     """The local ``.keras`` file of a model path or URL (downloaded once, cached), or a
     :class:`ModelFileError` naming the fix when there is none."""
     loc = as_location(model, what="the model")
@@ -330,7 +330,7 @@ def _min_chunks(chunks: tuple[int, ...], depth: int) -> tuple[int, ...]:
 
 def write_predictions(
     pred: xr.DataArray | xr.DataTree,
-    path: str | os.PathLike,
+    path: Where,
     *,
     progress: bool = True,
     scheduler: str | None = None,
@@ -371,7 +371,7 @@ def write_predictions(
             total.failed.update(r.failed)
         return total
     t0 = time.perf_counter()
-    path = as_location(path, what="the prediction store")
+    loc = as_location(path, what="the prediction store")
     gslice = GridSlice.of_coords(pred)
     if "year" in pred.dims:
         years, data = [int(y) for y in pred.year.values], pred.transpose("year", "y", "x").data
@@ -389,8 +389,8 @@ def write_predictions(
     chunk = int(max(pred.chunks[-2])) if pred.chunks else 512
     shard = 2048 if 2048 % chunk == 0 else chunk
     model = _model_record(pred.attrs)
-    if _check_prediction_store(path, model, force):
-        path.delete()  # --force with another model: its predictions are replaced, not mixed
+    if _check_prediction_store(loc, model, force):
+        loc.delete()  # --force with another model: its predictions are replaced, not mixed
 
     def build(tmp: Location) -> None:
         template = global_template(year=("year", np.asarray(layout.years, dtype=np.int32)))
@@ -417,17 +417,17 @@ def write_predictions(
             "model": model,
         }
 
-    if not _is_prediction_store(path):
-        create_atomically(path, build)  # False: a concurrent writer made it first; use theirs
-    meta = _prediction_meta(path)
+    if not _is_prediction_store(loc):
+        create_atomically(loc, build)  # False: a concurrent writer made it first; use theirs
+    meta = _prediction_meta(loc)
     shard = int(meta["shard"])
     keys = [(y, r, c) for y in years for r, c in gslice.shard_ids(shard)]
-    report = IngestReport(store=str(path), planned=len(keys))
+    report = IngestReport(store=str(loc), planned=len(keys))
     task = shard_writer(
-        path, "mining_probability", data, gslice, shard, years=years, first_year=int(meta["first_year"])
+        loc, "mining_probability", data, gslice, shard, years=years, first_year=int(meta["first_year"])
     )
     run_shards(
-        path,
+        loc,
         "mining_probability",
         keys,
         "predict",
@@ -478,9 +478,7 @@ def _check_prediction_store(path: Location, model: dict[str, Any], force: bool) 
     return False
 
 
-def _prediction_meta(
-    path: str | os.PathLike | Location, what: str = "write one with `miningxr predict`"
-) -> dict[str, Any]:
+def _prediction_meta(path: Where, what: str = "write one with `miningxr predict`") -> dict[str, Any]:
     """The ``miningxr_predictions`` attributes of a prediction store; a clear error if none."""
     path = as_location(path, what="the prediction store")
     raw = path.read_bytes("zarr.json")
@@ -513,7 +511,7 @@ def _model_record(attrs: dict[str, Any]) -> dict[str, Any]:
     return {"identity": identity, "bands": list(attrs.get("bands", [])), "tile_size": attrs.get("tile_size")}
 
 
-def prediction_regions(path: str | os.PathLike) -> dict[str, GridSlice]:
+def prediction_regions(path: Where) -> dict[str, GridSlice]:
     """The regions a prediction store holds (any year): disjoint rectangles of whole shards, by
     name (its top-left shard, as :func:`~miningxr.open_regions` names them)."""
     meta = _prediction_meta(path)
@@ -526,7 +524,7 @@ def prediction_regions(path: str | os.PathLike) -> dict[str, GridSlice]:
     return {region_name(r, shard): r for r in rects}
 
 
-def predicted_extent(path: str | os.PathLike) -> GridSlice | None:
+def predicted_extent(path: Where) -> GridSlice | None:
     """The slice covering every shard a prediction store has written, or None when it has none."""
     meta = _prediction_meta(path)
     with Catalog(path, readonly=True) as cat:
@@ -537,7 +535,7 @@ def predicted_extent(path: str | os.PathLike) -> GridSlice | None:
 
 
 def open_predictions(
-    path: str | os.PathLike, like: xr.Dataset | xr.DataArray, *, year: int | None = None
+    path: Where, like: xr.Dataset | xr.DataArray, *, year: int | None = None
 ) -> xr.DataArray:
     """Read predictions for exactly the grid slice of ``like``: ``(year, y, x)``, every year the
     store holds, or ``(y, x)`` of ``year``.

@@ -50,11 +50,9 @@ class ShardReader:
     >>> ShardReader.for_array(arr).read([(684, 1311)], [out])  # doctest: +SKIP
     """
 
-    def __init__(
-        self, root: Path | Any, array: zarr.Array, sharding: ShardingCodec, decode: Decode
-    ):
+    def __init__(self, root: Path | Any, array: zarr.Array, sharding: ShardingCodec, decode: Decode):
         # a local folder, or an obstore store (object storage: ranged GETs, in parallel)
-        self._objects = None if isinstance(root, Path) else root
+        self._objects: Any = None if isinstance(root, Path) else root
         self._dir = (root / array.path if array.path else root) if isinstance(root, Path) else None
         self._prefix = f"{array.path}/" if array.path else ""
         self._key = array.metadata.encode_chunk_key
@@ -129,7 +127,9 @@ class ShardReader:
         from obstore.exceptions import NotFoundError
 
         try:
-            tail = bytes(obstore.get(self._objects, key, options={"range": {"suffix": self._index_bytes}}).bytes())
+            tail = bytes(
+                obstore.get(self._objects, key, options={"range": {"suffix": self._index_bytes}}).bytes()
+            )
         except NotFoundError:  # a shard never ingested
             for _, out in wanted:
                 out[...] = self.fill_value

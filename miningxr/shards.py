@@ -12,7 +12,6 @@ resumes where it stopped, and two runs over overlapping regions never write a sh
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from tqdm.auto import tqdm
 from .catalog import STATES, Catalog, ShardKey, new_owner
 from .cluster import dask_client
 from .grid import GridSlice, block_edges
+from .paths import Where
 from .store import store_layout, write_block
 
 log = logging.getLogger("miningxr")
@@ -61,7 +61,7 @@ class IngestReport:
 
 
 def shard_writer(
-    store: str | os.PathLike,
+    store: Where,
     variable: str,
     data: da.Array,
     cover: GridSlice,
@@ -107,7 +107,7 @@ def shard_writer(
 
 
 def run_shards(
-    store: str | os.PathLike,
+    store: Where,
     variable: str,
     keys: Sequence[ShardKey],
     source: str,
@@ -193,7 +193,7 @@ def _submit(
             client.cancel(pending)
 
 
-def status(store: str | os.PathLike) -> pd.DataFrame:
+def status(store: Where) -> pd.DataFrame:
     """Shard counts by variable, year and state, with the latest error of each failed group.
 
     Example
@@ -222,7 +222,7 @@ def status(store: str | os.PathLike) -> pd.DataFrame:
     return table.reset_index()[cols]
 
 
-def failures(store: str | os.PathLike) -> pd.DataFrame:
+def failures(store: Where) -> pd.DataFrame:
     """The failed shards with their error messages."""
     store_layout(store)
     with Catalog(store, readonly=True) as cat:

@@ -45,7 +45,7 @@ from .config import BANDS, StoreLayout, as_years
 from .encoding import FILL_VALUE, GRID_MAPPING_ATTRS, MASK_ATTRS, landsat_attrs
 from .errors import StoreError, YearError
 from .grid import GLOBAL_SHAPE, GridSlice, as_slice, sparse_cover
-from .paths import Location, as_location
+from .paths import Location, Where, as_location
 
 #: 2: the catalog is a log of objects in the store (was: an SQLite file)
 LAYOUT_VERSION = 2
@@ -53,7 +53,7 @@ LAYOUT_VERSION = 2
 # --------------------------------------------------------------------------- create / open
 
 
-def create_store(path: str | os.PathLike | Location, layout: StoreLayout | None = None) -> StoreLayout:
+def create_store(path: Where, layout: StoreLayout | None = None) -> StoreLayout:
     """Create an empty global store at ``path`` (a folder or an object-storage URL) or validate
     the one there; return its layout.
 
@@ -75,7 +75,7 @@ def _is_store(loc: Location) -> bool:
     return raw is not None and "miningxr" in json.loads(raw).get("attributes", {})
 
 
-def check_store_path(path: str | os.PathLike | Location, layout: StoreLayout | None = None) -> StoreLayout:
+def check_store_path(path: Where, layout: StoreLayout | None = None) -> StoreLayout:
     """The layout a store at ``path`` has or will have, checked before anything is written.
 
     Refuses a path that is a file, a folder that holds something else, an existing store of
@@ -91,9 +91,9 @@ def check_store_path(path: str | os.PathLike | Location, layout: StoreLayout | N
         existing = store_layout(loc)
         if layout is not None and layout != existing:
             raise StoreError(f"{loc} already has layout {existing}, not {layout}; use another path")
-        readonly = (
-            loc.is_url and _probe_error(loc) is not None
-        ) or (not loc.is_url and _write_error(loc.local / CATALOG) is not None)
+        readonly = (loc.is_url and _probe_error(loc) is not None) or (
+            not loc.is_url and _write_error(loc.local / CATALOG) is not None
+        )
         if readonly:
             raise StoreError(
                 f"the store {loc} is read-only here: it can be read (open_store, status, "
@@ -103,7 +103,9 @@ def check_store_path(path: str | os.PathLike | Location, layout: StoreLayout | N
         return existing
     if loc.is_url:
         if loc.list(limit=2) and not loc.exists(CREATING):
-            raise StoreError(f"{loc} holds objects and is not a miningxr store; choose an empty or new prefix")
+            raise StoreError(
+                f"{loc} holds objects and is not a miningxr store; choose an empty or new prefix"
+            )
         loc.check_writable(what=f"the store {loc}")
         return layout or StoreLayout()
     if loc.local.exists() and any(loc.local.iterdir()):
@@ -120,7 +122,7 @@ def _probe_error(loc: Location) -> str | None:
     return None
 
 
-def check_writable_folder(folder: str | os.PathLike | Location, *, what: str) -> None:
+def check_writable_folder(folder: Where, *, what: str) -> None:
     """Refuse, with the fix, a folder (or object-storage prefix) in which this process cannot
     create files."""
     loc = as_location(folder)
@@ -132,7 +134,7 @@ def check_writable_folder(folder: str | os.PathLike | Location, *, what: str) ->
         raise StoreError(f"cannot create {what}: {err}")
 
 
-def check_output_folder(folder: str | os.PathLike | Location, *, holds: str) -> Location:
+def check_output_folder(folder: Where, *, holds: str) -> Location:
     """Refuse an output folder (``--out``) that is a file or cannot be written, before any work."""
     loc = as_location(folder, what="the output folder (--out)")
     if not loc.is_url and loc.local.exists() and not loc.local.is_dir():
@@ -256,7 +258,7 @@ def _build_store(loc: Location, layout: StoreLayout) -> None:
     }
 
 
-def store_layout(path: str | os.PathLike | Location) -> StoreLayout:
+def store_layout(path: Where) -> StoreLayout:
     """The layout of an existing store; a clear :class:`StoreError` if it is not one."""
     path = as_location(path, what="the store")
     raw = path.read_bytes("zarr.json")
@@ -287,7 +289,7 @@ def store_layout(path: str | os.PathLike | Location) -> StoreLayout:
 
 
 def open_store(
-    path: str | os.PathLike,
+    path: Where,
     region: Any = None,
     years: int | Sequence[int] | None = None,
     *,
@@ -349,7 +351,7 @@ def open_store(
 SPARSE_FACTOR = 2
 
 
-def store_regions(path: str | os.PathLike) -> list[GridSlice]:
+def store_regions(path: Where) -> list[GridSlice]:
     """The store's imagery as disjoint rectangles of whole shards, exactly covering every shard
     ingested (in any year): the regions :func:`open_regions` opens."""
     layout = store_layout(path)
@@ -364,7 +366,7 @@ def region_name(gslice: GridSlice, shard: int) -> str:
 
 
 def open_regions(
-    path: str | os.PathLike, years: int | Sequence[int] | None = None, *, chunks: int | None = None
+    path: Where, years: int | Sequence[int] | None = None, *, chunks: int | None = None
 ) -> xr.DataTree:
     """Open every region of a sparse store lazily: a DataTree with one node per region.
 
@@ -397,9 +399,7 @@ def open_regions(
     return tree
 
 
-def _held_years(
-    path: str | os.PathLike, layout: StoreLayout, done: Any, years: int | Sequence[int] | None
-) -> list[int]:
+def _held_years(path: Where, layout: StoreLayout, done: Any, years: int | Sequence[int] | None) -> list[int]:
     """The years to read: those asked for, each checked against what the store holds."""
     held = sorted({int(y) for y in done.year})
     years = as_years(held or layout.years) if years is None else as_years(years)
@@ -419,11 +419,13 @@ def _held_years(
 
 
 def _open_slice(
-    path: str | os.PathLike, layout: StoreLayout, gslice: GridSlice, years: list[int], chunks: int | None
+    path: Where, layout: StoreLayout, gslice: GridSlice, years: list[int], chunks: int | None
 ) -> xr.Dataset:
     # chunks=None: lazily indexed backend arrays, so slicing builds no whole-globe graph
     loc = as_location(path)
-    ds = xr.open_zarr(loc.zarr_store(read_only=True), chunks=None, consolidated=False, zarr_format=3, decode_coords="all")
+    ds = xr.open_zarr(
+        loc.zarr_store(read_only=True), chunks=None, consolidated=False, zarr_format=3, decode_coords="all"
+    )
     # each run of consecutive years as a slice: zarr reads an integer-array selection ~13x slower
     # than a slice of the same chunks (measured: 95 ms vs 7 ms per 512x512x7 chunk)
     runs: list[list[int]] = []
@@ -463,7 +465,7 @@ def write_block(path: str, name: str, index: tuple, block: np.ndarray) -> int:
     return int(block.nbytes)
 
 
-def remove_partials(path: str | os.PathLike | Location) -> int:
+def remove_partials(path: Where) -> int:
     """Delete temporary files an interrupted write left behind on disk; they are never read as
     data. (Object storage has none: a PUT is seen whole or not at all.)"""
     loc = as_location(path)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,7 +35,7 @@ import zarr
 from .config import BANDS, TileConfig, as_years
 from .errors import TileError, YearError
 from .grid import CRS_GRID, RESOLUTION, GridSlice, country_table, pixel_corner
-from .paths import Location, as_location
+from .paths import Location, Where, as_location
 from .store import open_regions, open_store
 
 SPLITS = ("train", "val", "test")
@@ -44,7 +43,7 @@ TILES_DIR = "_tiles"
 
 
 def tile_index(
-    store: str | os.PathLike | xr.Dataset,
+    store: Where | xr.Dataset,
     *,
     year: int | None = None,
     years: int | Sequence[int] | None = None,
@@ -282,7 +281,7 @@ def _stats(df, sums, sumsq, nvalid, bands) -> dict:
 _PARQUET, _META = f"{TILES_DIR}/tiles.parquet", f"{TILES_DIR}/tiles.json"
 
 
-def save_tile_index(index: gpd.GeoDataFrame, store: str | os.PathLike) -> Location:
+def save_tile_index(index: gpd.GeoDataFrame, store: Where) -> Location:
     """Write the index (GeoParquet) and its stats/config (JSON) inside the store; returns the
     index's location."""
     loc = as_location(store, what="the store")
@@ -297,7 +296,7 @@ def save_tile_index(index: gpd.GeoDataFrame, store: str | os.PathLike) -> Locati
     return loc / _PARQUET
 
 
-def load_tile_index(store: str | os.PathLike) -> gpd.GeoDataFrame:
+def load_tile_index(store: Where) -> gpd.GeoDataFrame:
     """Read the index saved by :func:`tile_index`, with its attrs."""
     loc = as_location(store, what="the store")
     raw = loc.read_bytes(_PARQUET)

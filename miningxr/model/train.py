@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from ..config import TrainConfig
 from ..errors import LoaderError
 from ..jsonio import write_json
 from ..loader import training_dataset
-from ..paths import local_path
+from ..paths import Location, Where, staged
 from ..store import check_output_folder
 from ..tfimport import import_tensorflow
 from ..tiles import load_tile_index
@@ -34,7 +33,8 @@ class TrainResult:
     """What :func:`train` produced: the model, where it is saved, and how it scored."""
 
     model: Any
-    model_path: Path
+    #: a local path, or the Location of a run written to object storage
+    model_path: Path | Location
     history: dict[str, list[float]] = field(default_factory=dict)
     test_metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
@@ -103,11 +103,11 @@ def _learning_rate(cfg: TrainConfig, index: Any, steps_per_epoch: int | None):
 
 
 def train(
-    store: str | os.PathLike,
+    store: Where,
     *,
     index: Any = None,
     config: TrainConfig | None = None,
-    out_dir: str | os.PathLike = "miningxr-run",
+    out_dir: Where = "miningxr-run",
     client: Any = None,
     verbose: int = 1,
     steps_per_epoch: int | None = None,
@@ -140,14 +140,39 @@ def train(
     """
     t0 = time.perf_counter()
     cfg = config or TrainConfig()
-    out = local_path(out_dir, what="the training run's folder (--out)")
-    check_output_folder(out, holds="model.keras and the training logs")
+    loc = check_output_folder(out_dir, holds="model.keras and the training logs")
     index = load_tile_index(store) if index is None else index
     stats = index.attrs["stats"]
     missing = [b for b in cfg.bands if b not in stats["bands"]]
     if missing:
         raise LoaderError(f"config bands {missing} are not in the tile index's bands {stats['bands']}")
-    out.mkdir(parents=True, exist_ok=True)
+    # in object storage: trained into a local folder, then uploaded whole (the .keras file last
+    # written is the best one, and Keras writes files only)
+    with staged(loc) as out:
+        result = _fit(store, index, cfg, out, client, verbose, steps_per_epoch)
+    if loc.is_url:
+        result.model_path = loc / "model.keras"
+    result.seconds = time.perf_counter() - t0
+    # the metrics are the result (the CLI prints it); the log says what happened
+    log.info(
+        "trained %d epoch(s) in %.0fs; best model saved to %s",
+        len(result.history.get("loss", [])),
+        result.seconds,
+        result.model_path,
+    )
+    return result
+
+
+def _fit(
+    store: Where,
+    index: Any,
+    cfg: TrainConfig,
+    out: Path,
+    client: Any,
+    verbose: int,
+    steps_per_epoch: int | None,
+) -> TrainResult:
+    stats = index.attrs["stats"]
     pos = [stats["bands"].index(b) for b in cfg.bands]
     model_stats = {"mean": [stats["mean"][i] for i in pos], "std": [stats["std"][i] for i in pos]}
     keras.utils.set_random_seed(cfg.seed)
@@ -218,12 +243,4 @@ def train(
         },
         out / "train.json",
     )
-    result = TrainResult(model, best, history, test, time.perf_counter() - t0, by_year, by_country)
-    # the metrics are the result (the CLI prints it); the log says what happened
-    log.info(
-        "trained %d epoch(s) in %.0fs; best model saved to %s",
-        len(history.get("loss", [])),
-        result.seconds,
-        best,
-    )
-    return result
+    return TrainResult(model, best, history, test, 0.0, by_year, by_country)

@@ -160,6 +160,96 @@ def bench_masks(store: Path, polygons: Path, region, shards: int = 4):
     return results
 
 
+def _tiles_per_second(make, n_batches: int) -> float:
+    """Steady-state tiles/s of a fresh pipeline from ``make()`` over ``n_batches`` batches."""
+    ds = make()
+
+    def run(d):
+        n = 0
+        for x, _ in d:
+            n += int(x.shape[0])
+        return n
+
+    run(ds.take(4))  # warm: graph tracing, XLA compile, first reads
+    t0 = time.perf_counter()
+    n = run(ds.take(n_batches))
+    return n / (time.perf_counter() - t0)
+
+
+def bench_loader_s3(work: Path, store: Path, epochs: int = 8):
+    """The loader reading a copy of the store from an S3 server on loopback (moto in server
+    mode, its own process) vs reading it from the local disk, the same pipeline otherwise.
+
+    Both sides run in turns (local, s3, local, ...), best of 3. The S3 side pays HTTP and the
+    server's own CPU on the same 2 cores; a real S3 endpoint adds network latency and gives
+    bandwidth instead.
+    """
+    import socket
+    import subprocess
+
+    import miningxr
+    from miningxr.config import TrainConfig
+    from miningxr.paths import as_location, upload
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = {
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ALLOW_HTTP": "true",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        import boto3
+
+        for _ in range(100):
+            try:
+                boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket="bench")
+                break
+            except Exception:
+                time.sleep(0.1)
+        url = "s3://bench/s.zarr"
+        upload(store, as_location(url))
+        index = miningxr.load_tile_index(store).assign(selected=True, split="train")
+        cfg = TrainConfig(batch_size=64)
+        n_batches = epochs * len(index) // cfg.batch_size
+        makers = {
+            "local": lambda: miningxr.training_dataset(store, index, "train", config=cfg, repeat=True),
+            "s3": lambda: miningxr.training_dataset(url, index, "train", config=cfg, repeat=True),
+        }
+        best = dict.fromkeys(makers, 0.0)
+        for _ in range(3):
+            for name, make in makers.items():
+                best[name] = max(best[name], _tiles_per_second(make, n_batches))
+    finally:
+        server.terminate()
+        server.wait()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return [
+        _result(
+            "loader from S3 (moto on loopback) vs from the local disk",
+            best["s3"],
+            best["local"],
+            "tiles/s",
+            None,
+            note=f"{epochs} epochs of {len(index)} tiles; ranged GETs of whole chunks vs file reads",
+        )
+    ]
+
+
 def bench_loader(store: Path, epochs: int = 8):
     """Loader tiles/s from Zarr vs the same pipeline from memory, vs plain tf.data, vs xbatcher.
 
@@ -185,18 +275,8 @@ def bench_loader(store: Path, epochs: int = 8):
     cfg = TrainConfig(batch_size=64)
     n_batches = epochs * len(index) // cfg.batch_size
 
-    def run(ds):
-        n = 0
-        for x, _ in ds.take(n_batches):
-            n += int(x.shape[0])
-        return n
-
     def once(make):
-        ds = make()
-        run(ds.take(4))  # warm: graph tracing, XLA compile, first reads
-        t0 = time.perf_counter()
-        n = run(ds)
-        return n / (time.perf_counter() - t0)
+        return _tiles_per_second(make, n_batches)
 
     reader = ChunkReader(str(store), int(index.attrs["year"]), cfg.bands, cfg.tile_size, 512)
     origins, flags = _chunk_table(index, 512, cfg.tile_size)
@@ -420,7 +500,9 @@ def bench_change(work: Path) -> list[dict]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "--only", nargs="*", choices=["ingest", "masks", "loader", "predict", "sparse", "demo", "change"]
+        "--only",
+        nargs="*",
+        choices=["ingest", "masks", "loader", "loader_s3", "predict", "sparse", "demo", "change"],
     )
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
@@ -431,7 +513,7 @@ def main(argv=None) -> int:
     from miningxr.grid import Region
     from miningxr.sources.synthetic import mine_polygons
 
-    only = set(args.only or ["ingest", "masks", "loader", "predict", "sparse", "demo", "change"])
+    only = set(args.only or ["ingest", "masks", "loader", "loader_s3", "predict", "sparse", "demo", "change"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="miningxr-bench-"))
@@ -455,6 +537,8 @@ def main(argv=None) -> int:
             results += bench_masks(store, work / "mines.gpkg", region)
         if "loader" in only:
             results += bench_loader(store)
+        if "loader_s3" in only:
+            results += bench_loader_s3(work, store)
         if "predict" in only:
             model_path = work / "m.keras"
             miningxr.build_unet(TrainConfig(base_filters=16), stats=index.attrs["stats"]).save(model_path)

@@ -196,7 +196,8 @@ miningxr demo: synthetic region of {n_shards} shard(s) ({region.shape[0]}x{regio
   polygons     {report.get("polygons_detected", 0)}/{report.get("polygons_in_split", 0)} detected
   time         {"  ".join(f"{k} {v:.0f}s" for k, v in times.items())}   total {report["total_seconds"]:.0f}s
   dashboard    {dashboard}
-  outputs      {out}/ (report.json, map.png, tiles.png, exports/, run/model.keras, store.zarr, predictions.zarr)
+  outputs      {out}/ (report.json, map.png, tiles.png, exports/, run/model.keras{"" if args.store else ", store.zarr, predictions.zarr"})
+  stores       {store}, {pred_store}
 """)
     return 0
 

@@ -34,7 +34,7 @@ from .catalog import NO_YEAR, Catalog, ShardKey
 from .encoding import MASK_ATTRS
 from .errors import LabelError
 from .grid import CRS_GRID, GridSlice, as_slice, country_table, pixel_corner, sparse_cover
-from .paths import Where, as_location
+from .paths import Where, as_location, local_path
 from .shards import IngestReport, MakeTask, run_shards, shard_writer
 from .store import open_store, store_layout
 
@@ -77,7 +77,7 @@ def check_polygon_file(path: str | os.PathLike, layer: str | None = None) -> str
 
     Cheap (no feature is read): commands call it before any work starts.
     """
-    path = Path(path)
+    path = local_path(path, what="the polygon file")
     if not path.exists():
         raise LabelError(
             f"polygon file {path} does not exist; give the path of a GeoPackage or "
@@ -144,7 +144,7 @@ def read_polygons(
         gdf = path.copy()
         name, checksum = gdf.attrs.get("name", "<memory>"), gdf.attrs.get("checksum") or _frame_checksum(gdf)
     else:
-        path = Path(path)
+        path = local_path(path, what="the polygon file")
         layer = check_polygon_file(path, layer)
         gdf = gpd.read_file(path, layer=layer)
         name, checksum = path.name, _file_checksum(path)

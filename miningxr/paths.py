@@ -187,9 +187,14 @@ class Location:
             elif target.exists():
                 target.unlink()
             return 1
-        keys = [m.key for m in self.list(prefix)]
+        from obstore.exceptions import NotFoundError
+
+        # the object named ``prefix`` itself, and everything below it (a listing of ``a`` is
+        # of ``a/...``)
+        keys = [m.key for m in self.list(prefix)] + ([prefix] if prefix else [])
         for k in range(0, len(keys), 1000):
-            obstore.delete(self.objects(), keys[k : k + 1000])
+            with contextlib.suppress(NotFoundError, FileNotFoundError):
+                obstore.delete(self.objects(), keys[k : k + 1000])
         return len(keys)
 
     def check_writable(self, *, what: str) -> None:

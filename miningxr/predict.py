@@ -394,11 +394,13 @@ def write_predictions(
 
     def build(tmp: Location) -> None:
         template = global_template(year=("year", np.asarray(layout.years, dtype=np.int32)))
-        template.to_zarr(tmp.zarr_store(), mode="w", zarr_format=3, consolidated=False)
+        # "a": a build cut short in object storage is redone over itself, its marker kept
+        template.to_zarr(tmp.zarr_store(), mode="a", zarr_format=3, consolidated=False)
         root = zarr.open_group(tmp.zarr_store(), mode="r+", zarr_format=3)
         attrs = {k: v for k, v in pred.attrs.items() if k != "model"}
         root.create_array(
             "mining_probability",
+            overwrite=True,
             shape=(len(layout.years), *GLOBAL_SHAPE),
             dtype="float32",
             chunks=(1, chunk, chunk),

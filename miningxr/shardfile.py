@@ -130,7 +130,7 @@ class ShardReader:
             tail = bytes(
                 obstore.get(self._objects, key, options={"range": {"suffix": self._index_bytes}}).bytes()
             )
-        except NotFoundError:  # a shard never ingested
+        except (NotFoundError, FileNotFoundError):  # a shard never ingested
             for _, out in wanted:
                 out[...] = self.fill_value
             return

@@ -222,12 +222,14 @@ def _build_store(loc: Location, layout: StoreLayout) -> None:
     with warnings.catch_warnings():
         # fixed-width unicode has no finalised Zarr v3 spec yet; xarray and zarr-python read it
         warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
-        template.to_zarr(loc.zarr_store(), mode="w", zarr_format=3, consolidated=False)
+        # "a": a build cut short in object storage is redone over itself, its marker kept
+        template.to_zarr(loc.zarr_store(), mode="a", zarr_format=3, consolidated=False)
     root = zarr.open_group(loc.zarr_store(), mode="r+", zarr_format=3)
     packed = imagery_codec()
     zstd = ZstdCodec(level=3)
     root.create_array(
         "landsat",
+        overwrite=True,
         shape=(len(layout.years), len(BANDS), h, w),
         dtype="int16",
         chunks=(1, len(BANDS), layout.chunk, layout.chunk),
@@ -239,6 +241,7 @@ def _build_store(loc: Location, layout: StoreLayout) -> None:
     )
     root.create_array(
         "mining",
+        overwrite=True,
         shape=(h, w),
         dtype="uint8",
         chunks=(layout.chunk, layout.chunk),

@@ -64,3 +64,28 @@ def test_temporal_demo_over_a_region_without_mines_says_so_before_ingesting(tmp_
     assert main(command.split()) == 2
     assert "no synthetic mine is open in 2020" in capsys.readouterr().err
     assert not (out / "store.zarr").exists()
+
+
+@pytest.mark.slow  # ~1-2 min: the whole demo, its stores in S3
+def test_the_demo_with_its_stores_in_s3_runs_and_logs_no_credential(tmp_path, s3_prefix, client, capsys):
+    """``miningxr demo --store s3://...`` against the S3 server on loopback: the imagery and
+    prediction stores live in the bucket, the report and pictures in --out, and nothing the
+    demo prints or logs holds the server's credentials."""
+    from conftest import S3_KEY_ID, S3_SECRET
+
+    from miningxr.paths import as_location
+
+    out = tmp_path / "demo"
+    command = f"demo --store {s3_prefix}/demo --shards 1 1 --epochs 4 --base-filters 8 --out {out} -v"
+    assert main(command.split()) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["outputs"]["store"] == f"{s3_prefix}/demo/store.zarr"
+    assert report["outputs"]["predictions"] == f"{s3_prefix}/demo/predictions.zarr"
+    for name in ("store.zarr", "predictions.zarr"):
+        assert as_location(f"{s3_prefix}/demo/{name}").exists("zarr.json")
+        assert not (out / name).exists()
+    assert report["iou"] > 0.5 and report["pixels"] > 0
+    printed = capsys.readouterr()
+    logs = (out / "miningxr.log").read_text() + printed.out + printed.err
+    assert s3_prefix in logs
+    assert S3_KEY_ID not in logs and S3_SECRET not in logs

@@ -29,9 +29,9 @@ from matplotlib.patches import Rectangle
 
 from .errors import EvaluateError, StoreError
 from .grid import PIXEL_AREA_KM2, GridSlice
-from .jsonio import write_json
+from .jsonio import json_dumps, write_json
 from .labels import rasterize_blocks, read_polygons
-from .paths import Where
+from .paths import Where, as_location
 from .predict import open_predictions
 from .store import open_regions
 from .tiles import load_tile_index, tile_key
@@ -123,7 +123,11 @@ def evaluate(
         for name in sorted({n for n, _, _, _ in pieces})
     }
     if out is not None:
-        write_json(report, out)
+        loc = as_location(out, what="the report file (out)")
+        if loc.is_url:
+            loc.parent.put(loc.name, (json_dumps(report) + "\n").encode())
+        else:
+            write_json(report, loc.local)
     return report
 
 

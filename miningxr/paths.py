@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 import re
 import shutil
@@ -197,10 +198,10 @@ class Location:
                 obstore.delete(self.objects(), keys[k : k + 1000])
         return len(keys)
 
-    def check_writable(self, *, what: str) -> None:
-        """Write and delete a probe object: a missing bucket, wrong credentials or a read-only
-        place are refused here, before any data is written."""
-        probe = f".miningxr-write-test-{os.getpid()}-{threading.get_ident()}"
+    def check_writable(self, *, what: str, within: str = "") -> None:
+        """Write and delete a probe object (below ``within``): a missing bucket, wrong
+        credentials or a read-only place are refused here, before any data is written."""
+        probe = f"{within}.miningxr-write-test-{os.getpid()}-{threading.get_ident()}"
         try:
             self.put(probe, b"")
             self.delete(probe)
@@ -211,20 +212,29 @@ class Location:
 
     def fetch(self) -> Path:
         """A local file of this location: itself on disk, else a download cached by URL and
-        size (a model, say, which Keras reads from a file)."""
+        ETag (a model, say, which Keras reads from a file): a HEAD per call, a GET per change."""
         if not self.is_url:
             return Path(self.text)
+        import obstore
+        from obstore.exceptions import BaseError, NotFoundError
+
         parent, key = self.parent, self.name
-        data = parent.read_bytes(key)
-        if data is None:
-            raise FileNotFoundError(self.text)
-        cache = Path(tempfile.gettempdir()) / "miningxr-cache" / f"{abs(hash((self.text, len(data))))}"
-        target = cache / key
-        if not target.exists() or target.stat().st_size != len(data):
-            cache.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(target.suffix + f".{os.getpid()}.tmp")
+        try:
+            head = obstore.head(parent.objects(), key)
+        except (NotFoundError, FileNotFoundError):
+            raise FileNotFoundError(self.text) from None
+        except (BaseError, OSError) as e:
+            raise _storage_error(self, e) from None
+        tag = hashlib.sha256(f"{self.text}|{head.get('e_tag')}|{head['size']}".encode()).hexdigest()[:24]
+        target = Path(tempfile.gettempdir()) / "miningxr-cache" / tag / key
+        if not target.exists():
+            data = parent.read_bytes(key)
+            if data is None:
+                raise FileNotFoundError(self.text)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{key}.{os.getpid()}.tmp")
             tmp.write_bytes(data)
-            os.replace(tmp, target)
+            os.replace(tmp, target)  # whole or not at all, for other processes reading it
         return target
 
 
@@ -321,8 +331,7 @@ def staged(loc: Location) -> Iterator[Path]:
     temporary folder whose files are uploaded to it when the block ends without error (each
     file one PUT, so a reader sees a file whole or not at all)."""
     if not loc.is_url:
-        loc.local.mkdir(parents=True, exist_ok=True)
-        yield loc.local
+        yield loc.local  # made by the writer once it has something to write
         return
     with tempfile.TemporaryDirectory(prefix="miningxr-stage-") as tmp:
         yield Path(tmp)

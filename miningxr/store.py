@@ -106,7 +106,7 @@ def check_store_path(path: Where, layout: StoreLayout | None = None) -> StoreLay
             raise StoreError(
                 f"{loc} holds objects and is not a miningxr store; choose an empty or new prefix"
             )
-        loc.check_writable(what=f"the store {loc}")
+        loc.check_writable(what=f"the store {loc}", within=f"{CATALOG}/")
         return layout or StoreLayout()
     if loc.local.exists() and any(loc.local.iterdir()):
         raise StoreError(f"{loc} exists and is not a miningxr store; choose an empty or new path")
@@ -116,7 +116,7 @@ def check_store_path(path: Where, layout: StoreLayout | None = None) -> StoreLay
 
 def _probe_error(loc: Location) -> str | None:
     try:
-        loc.check_writable(what=str(loc))
+        loc.check_writable(what=str(loc), within=f"{CATALOG}/")  # where zarr looks for no array
     except StoreError as e:
         return str(e)
     return None
@@ -168,8 +168,9 @@ def imagery_codec() -> BloscCodec:
     return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
 
 
-#: the object that marks a store in object storage as being created
-CREATING = ".miningxr-creating"
+#: the object that marks a store in object storage as being created (inside the catalog's group,
+#: where zarr looks for no array)
+CREATING = f"{CATALOG}/creating"
 
 
 def create_atomically(loc: Location, build: Callable[[Location], None]) -> bool:
@@ -183,6 +184,7 @@ def create_atomically(loc: Location, build: Callable[[Location], None]) -> bool:
     (:func:`check_store_path` allows that), and two at once write the same bytes.
     """
     if loc.is_url:
+        Catalog(loc).close()  # the catalog's group first: zarr then sees the marker inside a group
         loc.put(CREATING, b"")
         build(loc)
         loc.delete(CREATING)

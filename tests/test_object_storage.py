@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from conftest import S3_BUCKET, S3_KEY_ID, S3_SECRET
 
 from miningxr import (
     evaluate,
@@ -34,8 +35,6 @@ from miningxr.errors import StoreError, UsageError
 from miningxr.loader import ChunkReader
 from miningxr.paths import as_location, local_path
 from miningxr.sources.synthetic import mine_polygons, open_synthetic
-
-from conftest import S3_BUCKET, S3_KEY_ID, S3_SECRET
 
 RUN = [sys.executable, "-c", "import sys; from miningxr.cli import main; sys.exit(main(sys.argv[1:]))"]
 SMALL = StoreLayout(chunk=256, shard=512)

@@ -1,32 +1,82 @@
-"""URLs are refused, never taken for folder names, until object storage works (issue #20)."""
+"""Locations: local paths and object-storage URLs behind one type; URLs never become folders."""
 
 import pytest
 
 from miningxr import UsageError, open_store
 from miningxr.cli import main
-from miningxr.paths import local_path
+from miningxr.errors import StoreError
+from miningxr.paths import as_location, local_path, staged
 
 
-@pytest.mark.parametrize("url", ["s3://bucket/s.zarr", "gs://b/s.zarr", "az://c/s.zarr", "memory://s.zarr"])
-def test_a_url_is_refused_naming_the_issue(url):
-    with pytest.raises(UsageError, match=r"is a URL.*issue #20"):
-        local_path(url)
-    with pytest.raises(UsageError, match="is a URL"):
-        open_store(url)
+@pytest.mark.parametrize("url", ["s3://bucket/s.zarr", "gs://b/s.zarr", "az://c/s.zarr", "memory://m/s.zarr"])
+def test_object_storage_urls_are_locations_and_local_file_apis_refuse_them(url):
+    loc = as_location(url)
+    assert loc.is_url and str(loc) == url and loc.name == "s.zarr"
+    assert str(loc / "_catalog" / "zarr.json") == f"{url}/_catalog/zarr.json"
+    with pytest.raises(UsageError, match=r"is a URL.*copy it here first"):
+        local_path(url, what="the polygon file")
+
+
+def test_memory_locations_read_write_list_and_create_only_once():
+    loc = as_location("memory://t/s.zarr")
+    assert loc.read_bytes("a") is None and not loc.exists("a")
+    assert loc.put("d/a.json", b"1", create=True) and not loc.put("d/a.json", b"2", create=True)
+    assert loc.read_bytes("d/a.json") == b"1"  # the second create changed nothing
+    loc.put("d/b.json", b"3")
+    assert sorted(m.key for m in loc.list("d/")) == ["d/a.json", "d/b.json"]
+    loc.delete("d")
+    assert loc.list() == []
+
+
+def test_staged_writes_upload_only_a_finished_block(tmp_path):
+    loc = as_location("memory://t/out")
+    with pytest.raises(RuntimeError), staged(loc) as folder:
+        (folder / "half.txt").write_text("x")
+        raise RuntimeError("failed half-way")
+    assert loc.list() == []  # nothing of a failed step is uploaded
+    with staged(loc) as folder:
+        (folder / "sub").mkdir()
+        (folder / "sub" / "a.txt").write_text("a")
+    assert loc.read_bytes("sub/a.txt") == b"a"
+    with staged(as_location(tmp_path / "local")) as folder:
+        assert folder == tmp_path / "local"
+
+
+def test_a_memory_store_missing_is_named_with_the_fix():
+    with pytest.raises(StoreError, match="is not a miningxr store"):
+        open_store("memory://t/none.zarr")
 
 
 @pytest.mark.parametrize(
-    "command",
+    "command, message",
     [
-        "ingest --store s3://bucket/s.zarr --bbox 29 -26 29.05 -25.95 --year 2020",
-        "demo --out s3://bucket/demo",
-        "change --predictions gs://bucket/p.zarr --out change",
-        "evaluate --store s.zarr --predictions p.zarr --out az://container/eval",
-        "status --store s3://bucket/s.zarr",
+        ("ingest --store ftp://host/s.zarr --bbox 29 -26 29.05 -25.95 --year 2020", "not ftp://"),
+        ("demo --out s3://bucket/demo", "is a URL"),
+        ("change --predictions http://host/p.zarr --out change", "not http://"),
+        (
+            "evaluate --store s.zarr --predictions p.zarr --out s3://key:secret@bucket/eval",
+            "never in the URL",
+        ),
+        ("status --store s3:///s.zarr", "names no bucket"),
     ],
 )
-def test_cli_refuses_urls_and_writes_no_folder_named_after_them(command, tmp_path, monkeypatch, capsys):
+def test_cli_refuses_bad_urls_and_writes_no_folder_named_after_them(
+    command, message, tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
     assert main(command.split()) == 2
-    assert "is a URL" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and "secret" not in err.replace("never in the URL", "")
+    assert not any(tmp_path.iterdir()), list(tmp_path.rglob("*"))
+
+
+def test_the_cli_writes_an_s3_store_into_the_bucket_not_a_folder_named_s3(
+    s3_prefix, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    url = f"{s3_prefix}/s.zarr"
+    assert main(f"ingest --store {url} --bbox 29.01 -25.99 29.02 -25.98 --year 2020 -q".split()) == 0
+    assert main(f"status --store {url}".split()) == 0
+    assert "landsat" in capsys.readouterr().out
+    assert as_location(url).exists("zarr.json")
     assert not any(tmp_path.iterdir()), list(tmp_path.rglob("*"))

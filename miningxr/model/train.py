@@ -173,6 +173,7 @@ def _fit(
     steps_per_epoch: int | None,
 ) -> TrainResult:
     stats = index.attrs["stats"]
+    out.mkdir(parents=True, exist_ok=True)
     pos = [stats["bands"].index(b) for b in cfg.bands]
     model_stats = {"mean": [stats["mean"][i] for i in pos], "std": [stats["std"][i] for i in pos]}
     keras.utils.set_random_seed(cfg.seed)

@@ -31,7 +31,7 @@ from .errors import EvaluateError, StoreError
 from .grid import PIXEL_AREA_KM2, GridSlice
 from .jsonio import json_dumps, write_json
 from .labels import rasterize_blocks, read_polygons
-from .paths import Where, as_location
+from .paths import Location, Where, as_location
 from .predict import open_predictions
 from .store import open_regions
 from .tiles import load_tile_index, tile_key
@@ -135,7 +135,7 @@ def _pieces(store: Where, predictions: Any) -> list[tuple[str, int, xr.DataArray
     """(region, year, prediction, store Dataset) for every region and year predicted."""
     regions = [node.to_dataset() for node in open_regions(store).children.values()]
     pieces = []
-    if isinstance(predictions, (str, os.PathLike)):
+    if isinstance(predictions, (str, os.PathLike, Location)):
         first_error = None
         for ds in regions:
             try:

@@ -63,7 +63,7 @@ def _load(path: str) -> keras.Model:
 
 def _resolve(model: Any) -> keras.Model:
     if isinstance(model, (str, os.PathLike, Location)):
-        return _load(str(model_file(model).resolve()))
+        return _load(_model_ref(model))  # a URL is downloaded once (cached by its ETag)
     return model
 
 
@@ -257,7 +257,7 @@ def predict(
         arr = arr.chunk({"y": _min_chunks(in_rows, halo), "x": _min_chunks(in_cols, halo)})
     row_chunks, col_chunks = arr.data.chunks[0], arr.data.chunks[1]
     # a path or URL travels to the workers, which load (and for a URL download) it once each
-    model_ref = _model_ref(model) if isinstance(model, (str, os.PathLike)) else m
+    model_ref = _model_ref(model) if isinstance(model, (str, os.PathLike, Location)) else m
     mean, std = [float(v) for v in spec.mean], [float(v) for v in spec.std]  # plain lists pickle
 
     def run(x: da.Array) -> da.Array:
@@ -313,7 +313,7 @@ def predict(
         overlap=overlap,
         tile_size=t,
         bands=list(spec.bands),
-        model=str(model) if isinstance(model, (str, os.PathLike)) else m.name,
+        model=str(model) if isinstance(model, (str, os.PathLike, Location)) else m.name,
     )
     return out
 

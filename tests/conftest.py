@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import socket
+from unittest import mock
 
 import distributed
 import pytest
@@ -194,35 +195,21 @@ def s3_server():
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    saved = {k: os.environ.get(k) for k in _S3_ENV}
-    os.environ.update(
-        AWS_ACCESS_KEY_ID=S3_KEY_ID,
-        AWS_SECRET_ACCESS_KEY=S3_SECRET,
-        AWS_REGION="us-east-1",
-        AWS_DEFAULT_REGION="us-east-1",
-        AWS_ENDPOINT_URL=endpoint,
-        AWS_ALLOW_HTTP="true",
-        AWS_EC2_METADATA_DISABLED="true",
-    )
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=S3_BUCKET)
-    yield endpoint
-    server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
-_S3_ENV = (
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "AWS_ENDPOINT_URL",
-    "AWS_ALLOW_HTTP",
-    "AWS_EC2_METADATA_DISABLED",
-)
+    env = {
+        "AWS_ACCESS_KEY_ID": S3_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    try:
+        with mock.patch.dict(os.environ, env):
+            boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=S3_BUCKET)
+            yield endpoint
+    finally:
+        server.stop()
 
 
 @pytest.fixture

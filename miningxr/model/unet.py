@@ -13,6 +13,7 @@ from keras import layers
 
 from ..config import TrainConfig
 from ..errors import ModelError, ModelFileError
+from ..paths import as_location
 from .losses import CUSTOM_OBJECTS
 
 
@@ -115,8 +116,12 @@ def model_spec(model: keras.Model) -> TileSpec:
 
 
 def load_model(path: str | os.PathLike) -> keras.Model:
-    """Load a ``.keras`` model in Keras safe mode (no arbitrary code from the file)."""
-    p = Path(path)
+    """Load a ``.keras`` model (a path or an object-storage URL) in Keras safe mode (no
+    arbitrary code from the file)."""
+    try:
+        p = as_location(path, what="the model").fetch()
+    except FileNotFoundError:
+        p = Path(os.fspath(path))
     if not p.exists():
         raise ModelFileError(f"model file {p} does not exist; train one with `miningxr train`")
     if not p.is_file() or not zipfile.is_zipfile(p):

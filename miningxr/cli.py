@@ -621,7 +621,16 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["MININGXR_TF_VERBOSE"] = "1"  # TensorFlow's own start-up lines too
     try:
         check_temporal_span(args)  # before the demo's log file makes its folder
-        logfile = local_path(args.out, what="--out") / "miningxr.log" if args.command == "demo" else None
+        logfile = (
+            local_path(
+                args.out,
+                what="the demo's --out (its log, report and pictures)",
+                fix="give a local folder, and --store s3://... to put the demo's stores in a bucket",
+            )
+            / "miningxr.log"
+            if args.command == "demo"
+            else None
+        )
         _setup_logging(-1 if args.quiet else args.verbose, logfile)
         return COMMANDS[args.command](args)
     except MiningxrError as e:

@@ -314,14 +314,12 @@ def as_location(path: str | os.PathLike | Location, *, what: str = "the path") -
     return Location(f"{scheme}://{parts.netloc}/{parts.path.strip('/')}".rstrip("/"))
 
 
-def local_path(path: str | os.PathLike, *, what: str = "the path") -> Path:
+def local_path(path: str | os.PathLike, *, what: str = "the path", fix: str = "copy it here first") -> Path:
     """``path`` as a :class:`~pathlib.Path`, for what only a local file can be (a polygon file,
-    a log file); a :class:`~miningxr.errors.UsageError` naming the fix for a URL."""
+    a log file); a :class:`~miningxr.errors.UsageError` naming the ``fix`` for a URL."""
     loc = as_location(path, what=what)
     if loc.is_url:
-        raise UsageError(
-            f"{loc} is a URL, and {what} must be a local or shared-filesystem path; copy it here first"
-        )
+        raise UsageError(f"{loc} is a URL, and {what} must be a local or shared-filesystem path; {fix}")
     return loc.local
 
 

@@ -265,6 +265,50 @@ def bench_loader_s3(work: Path, store: Path, epochs: int = 8):
     ]
 
 
+def bench_plan() -> list[dict]:
+    """``miningxr ingest --country ZAF --year 2020 --dry-run`` (a fresh process, imports
+    included) against its 5-second budget, and the plan of one year of the whole land surface
+    (every shard of the built-in country table) from Earth Engine."""
+    import subprocess
+
+    import miningxr
+    from miningxr.grid import Region, country_table
+
+    cmd = [sys.executable, "-m", "miningxr.cli", "ingest", "--country", "ZAF", "--year", "2020"]
+    cmd += ["--source", "gee", "--dry-run"]
+
+    def run():
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        assert "nothing was requested or written" in done.stdout, done.stdout
+
+    seconds = _best(run)
+    ids = sorted(set().union(*(Region.from_country(c).shard_ids(2048) for c in country_table().ISO3_CODE)))
+    world = miningxr.plan(None, (-180, -85, 180, 85), 2020, source="gee", shard_ids=ids)
+    print(f"plan of one year of the land surface (gee):\n{world}", flush=True)
+    return [
+        _result(
+            "ingest --country ZAF --year 2020 --dry-run vs its 5 s budget",
+            seconds,
+            5.0,
+            "s",
+            1.0,
+            higher_is_better=False,
+            note="a fresh process, imports included",
+        )
+        | {
+            "world_land_one_year": {
+                "shards": world.shards,
+                "pixels": world.pixels,
+                "requests": world.requests,
+                "request_bytes": world.request_bytes,
+                "store_bytes": world.store_bytes,
+                "seconds": world.seconds,
+                "assumptions": world.assumptions,
+            }
+        }
+    ]
+
+
 def bench_loader(store: Path, epochs: int = 8):
     """Loader tiles/s from Zarr vs the same pipeline from memory, vs plain tf.data, vs xbatcher.
 
@@ -517,7 +561,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--only",
         nargs="*",
-        choices=["ingest", "masks", "loader", "loader_s3", "predict", "sparse", "demo", "change"],
+        choices=["plan", "ingest", "masks", "loader", "loader_s3", "predict", "sparse", "demo", "change"],
     )
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
@@ -528,7 +572,9 @@ def main(argv=None) -> int:
     from miningxr.grid import Region
     from miningxr.sources.synthetic import mine_polygons
 
-    only = set(args.only or ["ingest", "masks", "loader", "loader_s3", "predict", "sparse", "demo", "change"])
+    only = set(
+        args.only or ["plan", "ingest", "masks", "loader", "loader_s3", "predict", "sparse", "demo", "change"]
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="miningxr-bench-"))
@@ -546,6 +592,8 @@ def main(argv=None) -> int:
         mine_polygons(region, 2020).to_file(work / "mines.gpkg", layer="mining_polygons")
         miningxr.write_mask(store, work / "mines.gpkg", progress=False)
         index = miningxr.tile_index(store)
+        if "plan" in only:
+            results += bench_plan()
         if "ingest" in only:
             results.append(bench_ingest(work, region))
         if "masks" in only:

@@ -35,7 +35,7 @@ from .errors import *  # noqa: F403  (every error: the names in errors.__all__)
 from .evaluate import evaluate
 from .export import export, export_store
 from .grid import GLOBAL_GEOBOX, GridSlice, Region
-from .ingest import ingest
+from .ingest import IngestPlan, ingest, plan
 from .labels import mining_mask, read_polygons, write_mask
 from .loader import training_dataset
 from .predict import open_predictions, predict, write_predictions
@@ -82,6 +82,7 @@ __all__ = [
     "ChangeConfig",
     "Config",
     "GridSlice",
+    "IngestPlan",
     "IngestReport",
     "PredictConfig",
     "Region",
@@ -105,6 +106,7 @@ __all__ = [
     "open_predictions",
     "open_regions",
     "open_store",
+    "plan",
     "predict",
     "read_polygons",
     "status",

@@ -25,7 +25,7 @@ from .errors import MiningxrError, UsageError
 from .evaluate import SPLITS, evaluate, plot_map, plot_tiles
 from .export import export_store
 from .grid import Region, country_shards
-from .ingest import ingest
+from .ingest import ingest, plan
 from .jsonio import json_dumps
 from .labels import parse_columns, read_polygons, write_mask
 from .paths import local_path, staged
@@ -149,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write every shard of a region and year(s) into the global store. "
         "Shards already done are skipped, so re-running resumes.",
     )
-    p.add_argument("--store", required=True, help="the Zarr store (created on first use)")
+    p.add_argument(
+        "--store", help="the Zarr store, a folder or an s3://, gs://, az:// URL (created on first use)"
+    )
     _region_args(p, polygons=True)
     p.add_argument("--year", type=int, nargs="+", required=True, help="one or more years")
     p.add_argument(
@@ -174,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true", help="retry shards that failed before")
     p.add_argument("--force", action="store_true", help="rewrite shards already done")
     p.add_argument("--all-touched", action="store_true", help="burn every pixel a polygon touches")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (shards, Earth Engine requests and bytes, store size, estimated wall "
+        "time) and stop: nothing is requested or written",
+    )
     _common(p)
 
     p = sub.add_parser("status", help="what is done, running, failed and left in a store")
@@ -343,6 +351,8 @@ def _region(args: argparse.Namespace) -> Region | None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    if not args.store and not args.dry_run:
+        raise UsageError("ingest needs --store PATH_OR_URL (only --dry-run can do without one)")
     cfg = _config(args)
     region = _region(args)
     if region is None:
@@ -375,6 +385,19 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             )
     elif args.layer or args.columns:
         raise UsageError("--layer and --columns describe --polygons FILE; give it too")
+    if args.dry_run:
+        print(
+            plan(
+                args.store,
+                region,
+                args.year,
+                source=args.source,
+                layout=cfg.store if args.config else None,
+                shard_ids=shard_ids,
+                workers=os.cpu_count() or 1,
+            )
+        )
+        return 0
     report = ingest(
         args.store,
         region,

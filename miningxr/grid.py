@@ -28,6 +28,7 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import numpy.typing as npt
+import shapely
 import xarray as xr
 from affine import Affine
 from odc.geo import CRS
@@ -316,8 +317,20 @@ class Region:
     def shard_ids(self, shard: int) -> list[tuple[int, int]]:
         """Shards whose footprint intersects the region's geometry (not just its bbox)."""
         candidates = self.slice(shard).shard_ids(shard)
-        geom = self.geometry
-        return [s for s in candidates if GridSlice.of_shard(s, shard).geobox.extent.intersects(geom)]
+        if not candidates:
+            return []
+        # every candidate's footprint at once, against the prepared geometry (Russia: 7,000
+        # candidates in 0.1 s, against 6 s one by one)
+        rc = np.asarray(candidates, dtype=np.float64)
+        step = shard * RESOLUTION
+        x0, y1 = _X0 + rc[:, 1] * step, _Y1 - rc[:, 0] * step
+        h, w = GLOBAL_SHAPE
+        x1 = np.minimum(x0 + step, _X0 + w * RESOLUTION)  # shards at the grid's edge are cut
+        y0 = np.maximum(y1 - step, _Y1 - h * RESOLUTION)
+        geom = self.geometry.geom
+        shapely.prepare(geom)
+        hit = shapely.intersects(geom, shapely.box(x0, y0, x1, y1))
+        return [c for c, h_ in zip(candidates, hit, strict=True) if h_]
 
 
 def block_edges(a: int, b: int, step: int) -> list[int]:

@@ -3,6 +3,7 @@ import pytest
 
 from miningxr import ingest, open_store, status
 from miningxr.catalog import Catalog
+from miningxr.errors import YearError
 from miningxr.grid import GridSlice
 
 
@@ -82,3 +83,47 @@ def test_a_dead_owner_s_claim_is_taken_over(any_store):
 def test_year_outside_the_store_is_refused_before_writing(tmp_path, shard_slice):
     with pytest.raises(ValueError, match="outside"):
         ingest(tmp_path / "y.zarr", shard_slice, 1900, progress=False)
+
+
+def test_the_plan_of_a_country_counts_shards_requests_and_bytes_before_any_request():
+    from miningxr import plan
+    from miningxr.grid import Region
+
+    p = plan(None, "ZAF", [2019, 2020], source="gee")
+    shards = len(Region.from_country("ZAF").shard_ids(2048))
+    assert p.shards == shards and p.todo == 2 * shards and p.already_done == 0
+    # seven bands, four 1024-px requests per 2048-px shard, each a float32 band and a mask byte
+    assert p.requests == 2 * shards * 7 * 4
+    assert p.request_bytes == p.requests * 1024**2 * 5
+    assert p.store_bytes == int(2 * shards * 2048**2 * 7 * 2 * 0.62)
+    assert p.seconds == p.requests * 2.0 / 40
+    assert "nothing was requested or written" in str(p)
+
+
+def test_the_plan_counts_only_what_a_store_still_lacks(any_store, shard_slice, client):
+    from miningxr import plan
+
+    ingest(any_store, shard_slice, 2020, progress=False)
+    p = plan(any_store, shard_slice, [2019, 2020])
+    assert (p.shards, p.todo, p.already_done) == (1, 1, 1)
+    assert "1 already done" in str(p)
+
+
+def test_a_plan_refuses_years_the_source_cannot_serve():
+    from miningxr import plan
+
+    with pytest.raises(YearError, match="outside"):
+        plan(None, "ZAF", 1970, source="gee")
+
+
+def test_ingest_dry_run_prints_the_plan_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    from miningxr.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "s.zarr"
+    assert main(f"ingest --store {store} --country ZAF --year 2020 --source gee --dry-run".split()) == 0
+    out = capsys.readouterr().out
+    assert "computePixels requests" in out and "wall time" in out and "store" in out
+    assert not any(tmp_path.iterdir())
+    assert main(["ingest", "--country", "ZAF", "--year", "2020"]) == 2
+    assert "needs --store" in capsys.readouterr().err

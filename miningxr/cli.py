@@ -20,7 +20,7 @@ import distributed
 from . import __version__
 from .change import GROUPINGS, change, summary
 from .cluster import dask_client
-from .config import Config, Loss, LrSchedule, TrainConfig, check_temporal_span
+from .config import Config, Loss, LrSchedule, PredictionDtype, TrainConfig, check_temporal_span
 from .errors import MiningxrError, UsageError
 from .evaluate import SPLITS, evaluate, plot_map, plot_tiles
 from .export import export_store
@@ -247,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace predictions of another model in --out, or rewrite shards already done",
     )
     p.add_argument("--overlap", type=int, help="pixels of overlap between tiles (default 16)")
+    p.add_argument(
+        "--dtype",
+        choices=get_args(PredictionDtype),
+        help="how a new prediction store keeps probability: uint8 (default; steps of 1/250, CF "
+        "scale_factor) or float32 (4x the bytes)",
+    )
     p.add_argument("--batch-size", type=int)
     p.add_argument(
         "--block",
@@ -518,8 +524,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         prob: Any = predict(open_store(args.store, region=region, years=args.years), args.model, **kwargs)
     else:  # every region of a sparse store, each on its own slice of the grid
         prob = predict(open_regions(args.store, years=args.years), args.model, **kwargs)
+    dtype = args.dtype or cfg.predict.dtype
     report = write_predictions(
-        prob, args.out, scheduler=args.scheduler, progress=not args.quiet, force=args.force
+        prob, args.out, scheduler=args.scheduler, progress=not args.quiet, force=args.force, dtype=dtype
     )
     print(report)
     ok = report.ok

@@ -42,6 +42,39 @@ MASK_ATTRS: dict[str, Any] = {
 }
 
 
+#: probability in a prediction store: uint8 steps of 1/250 (0 and 1 exact, the largest error
+#: 0.002), 255 where nothing was predicted; float32 stores stay available (``dtype="float32"``)
+PROB_SCALE: float = 1 / 250
+PROB_NODATA: int = 255
+
+
+def probability_attrs() -> dict[str, Any]:
+    """The CF packing of a uint8 ``mining_probability``, which xarray decodes to floats (NaN where
+    nothing was predicted)."""
+    return {"scale_factor": PROB_SCALE, "add_offset": 0.0, "_FillValue": PROB_NODATA}
+
+
+def encode_probability(p: np.ndarray) -> np.ndarray:
+    """Pack probabilities (NaN = not predicted) into uint8 steps of :data:`PROB_SCALE`.
+
+    >>> encode_probability(np.array([0.0, 0.5, 0.9991, np.nan, 1.0], np.float32))
+    array([  0, 125, 250, 255, 250], dtype=uint8)
+    """
+    p = np.asarray(p, dtype=np.float32)
+    out = np.rint(np.clip(p, 0, 1) / np.float32(PROB_SCALE))
+    return np.where(np.isnan(p), PROB_NODATA, out).astype(np.uint8)
+
+
+def decode_probability(u: np.ndarray) -> np.ndarray:
+    """What a uint8 prediction store reads back as (xarray's CF decoding, as float32).
+
+    >>> decode_probability(np.array([0, 125, 250, 255], np.uint8))
+    array([0. , 0.5, 1. , nan], dtype=float32)
+    """
+    u = np.asarray(u)
+    return np.where(u == PROB_NODATA, np.nan, u.astype(np.float64) * PROB_SCALE).astype(np.float32)
+
+
 def packing_attrs() -> dict[str, Any]:
     """The CF packing of ``landsat``: ``scale_factor``, ``add_offset`` and ``_FillValue``."""
     return {"scale_factor": SCALE_FACTOR, "add_offset": ADD_OFFSET, "_FillValue": FILL_VALUE}

@@ -34,8 +34,15 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from .catalog import Catalog
-from .config import PredictConfig, StoreLayout
-from .encoding import FILL_VALUE, GRID_MAPPING_ATTRS, normalize
+from .config import PredictConfig, PredictionDtype, StoreLayout
+from .encoding import (
+    FILL_VALUE,
+    GRID_MAPPING_ATTRS,
+    PROB_NODATA,
+    encode_probability,
+    normalize,
+    probability_attrs,
+)
 from .errors import ModelFileError, ModelMismatchError, StoreError, YearError
 from .grid import GLOBAL_SHAPE, GridSlice, sparse_cover
 from .paths import Location, Where, as_location
@@ -221,7 +228,9 @@ def predict(
             }
         )
     cfg = config or PredictConfig()
-    changes = {k: v for k, v in (("overlap", overlap), ("batch_size", batch_size)) if v is not None}
+    changes: dict[str, Any] = {
+        k: v for k, v in (("overlap", overlap), ("batch_size", batch_size)) if v is not None
+    }
     cfg = dataclasses.replace(cfg, **changes)  # validated again
     overlap, batch_size = cfg.overlap, cfg.batch_size
     arr = ds["landsat"] if isinstance(ds, xr.Dataset) else ds
@@ -335,6 +344,7 @@ def write_predictions(
     progress: bool = True,
     scheduler: str | None = None,
     force: bool = False,
+    dtype: PredictionDtype = "uint8",
 ) -> IngestReport:
     """Write predictions into a prediction store aligned to their input, one shard per task.
 
@@ -344,6 +354,10 @@ def write_predictions(
     another model, unless ``force`` replaces the store's predictions with the new model's. Its
     catalog records the shards done, so an interrupted write resumes. Returns an
     :class:`~miningxr.shards.IngestReport`.
+
+    A new store keeps probability as ``dtype``: ``uint8`` by default, in steps of 1/250 with
+    CF ``scale_factor`` and ``_FillValue`` 255 (xarray decodes it; at most 0.002 from the
+    float), or ``float32``. An existing store keeps the dtype it was made with.
 
     Example
     -------
@@ -357,6 +371,7 @@ def write_predictions(
                 progress=progress,
                 scheduler=scheduler,
                 force=force and k == 0,
+                dtype=dtype,
             )
             for k, node in enumerate(pred.children.values())
         ]
@@ -387,6 +402,8 @@ def write_predictions(
             f"{layout.first_year}-{layout.last_year}"
         )
     chunk = int(max(pred.chunks[-2])) if pred.chunks else 512
+    if not isinstance(data, da.Array):  # computed predictions: written block by block all the same
+        data = da.from_array(data, chunks=(1, chunk, chunk))
     shard = 2048 if 2048 % chunk == 0 else chunk
     model = _model_record(pred.attrs)
     if _check_prediction_store(loc, model, force):
@@ -398,17 +415,18 @@ def write_predictions(
         template.to_zarr(tmp.zarr_store(), mode="a", zarr_format=3, consolidated=False)
         root = zarr.open_group(tmp.zarr_store(), mode="r+", zarr_format=3)
         attrs = {k: v for k, v in pred.attrs.items() if k != "model"}
+        packed = dtype == "uint8"
         root.create_array(
             "mining_probability",
             overwrite=True,
             shape=(len(layout.years), *GLOBAL_SHAPE),
-            dtype="float32",
+            dtype=dtype,
             chunks=(1, chunk, chunk),
             shards=(1, shard, shard),
-            fill_value=np.nan,
+            fill_value=PROB_NODATA if packed else np.nan,
             compressors=ZstdCodec(level=3),
             dimension_names=("year", "y", "x"),
-            attributes={**attrs, **GRID_MAPPING_ATTRS},
+            attributes={**attrs, **(probability_attrs() if packed else {}), **GRID_MAPPING_ATTRS},
         )
         root.attrs["miningxr_predictions"] = {
             "version": PREDICTIONS_VERSION,
@@ -417,12 +435,15 @@ def write_predictions(
             "first_year": layout.first_year,
             "last_year": layout.last_year,
             "model": model,
+            "dtype": dtype,
         }
 
     if not _is_prediction_store(loc):
         create_atomically(loc, build)  # False: a concurrent writer made it first; use theirs
     meta = _prediction_meta(loc)
     shard = int(meta["shard"])
+    if meta.get("dtype", "float32") == "uint8":  # the store's own dtype, whatever was asked
+        data = data.map_blocks(encode_probability, dtype=np.uint8)
     keys = [(y, r, c) for y in years for r, c in gslice.shard_ids(shard)]
     report = IngestReport(store=str(loc), planned=len(keys))
     task = shard_writer(
@@ -444,8 +465,10 @@ def write_predictions(
     return report
 
 
-#: the layout of prediction stores this miningxr writes: 2 has a year axis
-PREDICTIONS_VERSION = 2
+#: the layout of prediction stores this miningxr writes: 2 has a year axis (float32), 3 may keep
+#: probability as uint8 (its ``dtype``); both are read
+PREDICTIONS_VERSION = 3
+_READ_VERSIONS = (2, 3)
 
 
 def _is_prediction_store(loc: Location) -> bool:
@@ -491,7 +514,7 @@ def _prediction_meta(path: Where, what: str = "write one with `miningxr predict`
     meta = json.loads(raw).get("attributes", {}).get("miningxr_predictions")
     if not isinstance(meta, dict):
         raise StoreError(f"{path} is a Zarr store but not a miningxr prediction store; {what}")
-    if meta.get("version") != PREDICTIONS_VERSION:
+    if meta.get("version") not in _READ_VERSIONS:
         raise StoreError(
             f"{path} is a prediction store of an older miningxr, without a year axis; "
             "predict again into a new --out (or delete it)"
@@ -577,4 +600,5 @@ def open_predictions(
     out = out.sel(year=held).chunk(
         {"year": 1, "y": chunks.get("y", (512,))[0], "x": chunks.get("x", (512,))[0]}
     )
+    out = out.astype(np.float32)  # a uint8 store decodes to float64: the dtype predict gives
     return out.sel(year=int(year)) if year is not None else out

@@ -31,6 +31,7 @@ from miningxr import (
     write_predictions,
 )
 from miningxr.config import StoreLayout, TrainConfig
+from miningxr.encoding import decode_probability, encode_probability
 from miningxr.errors import StoreError, UsageError
 from miningxr.loader import ChunkReader
 from miningxr.paths import as_location, local_path
@@ -107,8 +108,9 @@ def test_train_predict_evaluate_and_export_read_and_write_object_storage(s3_pref
     prob = predict(ds, str(result.model_path), overlap=0)
     report = write_predictions(prob, pred, progress=False)
     assert report.ok and report.written == 1
-    want = prob.sel(year=2020) if "year" in prob.dims else prob
-    np.testing.assert_array_equal(open_predictions(pred, ds, year=2020).values, want.values)
+    want = (prob.sel(year=2020) if "year" in prob.dims else prob).values
+    got = open_predictions(pred, ds, year=2020).values
+    np.testing.assert_array_equal(got, decode_probability(encode_probability(want)))
     scores = evaluate(url, pred, split="all", polygons=polys)
     assert 0 < scores["pixels"] <= ds.sizes["y"] * ds.sizes["x"] and scores["area_true_km2"] > 0
     paths = export_store(url, pred, exports)

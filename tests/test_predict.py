@@ -4,7 +4,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from miningxr import ModelMismatchError, open_store, predict
-from miningxr.encoding import normalize
+from miningxr.encoding import decode_probability, encode_probability, normalize
 from miningxr.model.unet import load_model, model_spec
 
 
@@ -166,7 +166,11 @@ def test_years_predicted_one_after_the_other_each_equal_predicting_that_year_alo
         assert stored.year.values.tolist() == [2019, 2020]
         for year in (2019, 2020):
             alone = predict(ds, two_region_model, year=year).values
-            np.testing.assert_array_equal(stored.sel(year=year).values, alone)
+            # the store keeps uint8 steps of 1/250: exactly what packing the prediction gives
+            np.testing.assert_array_equal(
+                stored.sel(year=year).values, decode_probability(encode_probability(alone))
+            )
+            assert np.nanmax(np.abs(stored.sel(year=year).values - alone)) <= 0.002 + 1e-6
         assert not np.array_equal(stored.sel(year=2019).values, stored.sel(year=2020).values)
 
 
@@ -226,3 +230,31 @@ def test_the_regions_of_a_sparse_store_predict_as_a_datatree(
         np.testing.assert_array_equal(
             open_predictions(out, ds).values, open_predictions(two_region_predictions, ds).values
         )
+
+
+def test_a_float32_store_keeps_the_prediction_exactly_and_a_uint8_one_within_half_a_step(
+    store, tiny_model, tmp_path
+):
+    import zarr
+
+    from miningxr import open_predictions, open_store, write_predictions
+
+    ds = open_store(store)
+    prob = predict(ds, tiny_model, overlap=0)
+    want = (prob.sel(year=2020) if "year" in prob.dims else prob).values
+    for dtype in ("float32", "uint8"):
+        out = tmp_path / f"{dtype}.zarr"
+        assert write_predictions(prob, out, progress=False, dtype=dtype).ok
+        got = open_predictions(out, ds, year=2020)
+        assert got.dtype == np.float32 and got.attrs["long_name"] == "probability of mining"
+        stored = zarr.open_group(str(out), mode="r")["mining_probability"]
+        assert stored.dtype == np.dtype(dtype)
+        if dtype == "float32":
+            np.testing.assert_array_equal(got.values, want)
+        else:
+            assert stored.attrs["scale_factor"] == 0.004 and stored.attrs["_FillValue"] == 255
+            np.testing.assert_array_equal(np.isnan(got.values), np.isnan(want))
+            assert np.nanmax(np.abs(got.values - want)) <= 0.002 + 1e-6
+    # a store keeps the dtype it was made with
+    assert write_predictions(prob, tmp_path / "float32.zarr", progress=False, dtype="uint8").skipped == 1
+    assert zarr.open_group(str(tmp_path / "float32.zarr"), mode="r")["mining_probability"].dtype == np.float32

@@ -425,6 +425,34 @@ def bench_predict(store: Path, model_path: Path):
     ]
 
 
+def bench_compact_predictions(work: Path, store: Path, model_path: Path):
+    """A uint8 prediction store (the default) vs a float32 one of the same predictions: bytes on
+    disk, and the largest difference of what each reads back."""
+    import miningxr
+
+    ds = miningxr.open_store(store)
+    prob = miningxr.predict(ds, model_path, overlap=16).persist()
+    sizes, read = {}, {}
+    for dtype in ("uint8", "float32"):
+        out = work / f"pred-{dtype}.zarr"
+        shutil.rmtree(out, ignore_errors=True)
+        miningxr.write_predictions(prob, out, progress=False, dtype=dtype)
+        sizes[dtype] = sum(p.stat().st_size for p in (out / "mining_probability").rglob("*") if p.is_file())
+        read[dtype] = miningxr.open_predictions(out, ds, year=2020).values
+    diff = float(np.nanmax(np.abs(read["uint8"] - read["float32"])))
+    same_nodata = bool((np.isnan(read["uint8"]) == np.isnan(read["float32"])).all())
+    return _result(
+        "uint8 prediction store size vs float32",
+        sizes["uint8"] / 1e6,
+        sizes["float32"] / 1e6,
+        "MB",
+        1 / 0.35,
+        higher_is_better=False,
+        note=f"max abs difference {diff:.4f} (target <= 0.004), nodata identical: {same_nodata}; "
+        f"one 2048 px shard-year, zstd",
+    ) | {"max_abs_difference": diff, "nodata_identical": same_nodata}
+
+
 def bench_sparse(work: Path):
     """A store of two regions far apart vs the same two regions in two stores: tile index, one
     training epoch, predict, evaluate and export, each side in a process of its own."""
@@ -606,6 +634,7 @@ def main(argv=None) -> int:
             model_path = work / "m.keras"
             miningxr.build_unet(TrainConfig(base_filters=16), stats=index.attrs["stats"]).save(model_path)
             results += bench_predict(store, model_path)
+            results.append(bench_compact_predictions(work, store, model_path))
         if "sparse" in only:
             results.append(bench_sparse(work))
         if "demo" in only:

@@ -33,7 +33,7 @@ import xarray as xr
 import zarr
 from zarr.codecs import ZstdCodec
 
-from .catalog import Catalog
+from .catalog import CATALOG, Catalog
 from .config import PredictConfig, PredictionDtype, StoreLayout
 from .encoding import (
     FILL_VALUE,
@@ -47,7 +47,14 @@ from .errors import ModelFileError, ModelMismatchError, StoreError, YearError
 from .grid import GLOBAL_SHAPE, GridSlice, sparse_cover
 from .paths import Location, Where, as_location
 from .shards import IngestReport, run_shards, shard_writer
-from .store import CREATING, check_writable_folder, create_atomically, global_template, region_name
+from .store import (
+    check_writable_folder,
+    create_atomically,
+    global_template,
+    holds_other_data,
+    is_built,
+    region_name,
+)
 
 if TYPE_CHECKING:
     import keras
@@ -438,7 +445,7 @@ def write_predictions(
             "dtype": dtype,
         }
 
-    if not _is_prediction_store(loc):
+    if not is_built(loc, "miningxr_predictions"):
         create_atomically(loc, build)  # False: a concurrent writer made it first; use theirs
     meta = _prediction_meta(loc)
     shard = int(meta["shard"])
@@ -471,12 +478,6 @@ PREDICTIONS_VERSION = 3
 _READ_VERSIONS = (2, 3)
 
 
-def _is_prediction_store(loc: Location) -> bool:
-    """Whether ``loc`` holds a finished prediction store (its root's attributes, written last)."""
-    raw = loc.read_bytes("zarr.json")
-    return raw is not None and "miningxr_predictions" in json.loads(raw).get("attributes", {})
-
-
 def _check_prediction_store(path: Location, model: dict[str, Any], force: bool) -> bool:
     """Refuse, before any write, a file in the way, a folder we cannot write, or a prediction
     store of another model; True when ``force`` is to replace that store's predictions."""
@@ -485,7 +486,9 @@ def _check_prediction_store(path: Location, model: dict[str, Any], force: bool) 
             f"{path} is a file, not a prediction store; give --out a new or existing "
             "prediction store folder (e.g. pred.zarr)"
         )
-    if path.exists("zarr.json") and not (path.is_url and path.exists(CREATING)):
+    if path.is_url and holds_other_data(path, "miningxr_predictions"):
+        raise StoreError(f"{path} holds objects and is not a prediction store; choose an empty or new --out")
+    if is_built(path, "miningxr_predictions") if path.is_url else path.exists("zarr.json"):
         have = _prediction_meta(path, what="use another --out")["model"]
         if have != model:
             if force:
@@ -497,9 +500,12 @@ def _check_prediction_store(path: Location, model: dict[str, Any], force: bool) 
                 "replace them with --force (force=True)"
             )
         return False
-    if path.exists() and not path.exists(CREATING) and (path.is_url or any(path.local.iterdir())):
+    if not path.is_url and path.exists() and any(path.local.iterdir()):
         raise StoreError(f"{path} exists and is not a prediction store; choose an empty or new --out")
-    check_writable_folder(path if path.is_url else path.parent, what=f"the prediction store {path}")
+    if path.is_url:  # the probe inside the catalog's group, where no reader takes it for data
+        path.check_writable(what=f"the prediction store {path}", within=f"{CATALOG}/")
+    else:
+        check_writable_folder(path.parent, what=f"the prediction store {path}")
     return False
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -40,7 +41,7 @@ import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from .catalog import CATALOG, Catalog
+from .catalog import CATALOG, Catalog, new_owner, owner_alive
 from .config import BANDS, StoreLayout, as_years
 from .encoding import FILL_VALUE, GRID_MAPPING_ATTRS, MASK_ATTRS, landsat_attrs
 from .errors import StoreError, YearError
@@ -49,6 +50,8 @@ from .paths import Location, Where, as_location
 
 #: 2: the catalog is a log of objects in the store (was: an SQLite file)
 LAYOUT_VERSION = 2
+
+log = logging.getLogger("miningxr")
 
 # --------------------------------------------------------------------------- create / open
 
@@ -62,17 +65,19 @@ def create_store(path: Where, layout: StoreLayout | None = None) -> StoreLayout:
     """
     loc = as_location(path, what="the store")
     layout = check_store_path(loc, layout)
-    if _is_store(loc):
+    if is_built(loc, "miningxr"):
         return layout
     if create_atomically(loc, lambda tmp: _build_store(tmp, layout)):
         return layout
     return create_store(loc, layout)  # another process created it first: validate theirs
 
 
-def _is_store(loc: Location) -> bool:
-    """Whether ``loc`` holds a finished miningxr store (its root names the layout)."""
+def is_built(loc: Location, attr: str | None = None) -> bool:
+    """Whether ``loc`` holds a finished store: its root's attributes, written last, name it
+    (``miningxr`` for imagery, ``miningxr_predictions`` for predictions; either by default)."""
     raw = loc.read_bytes("zarr.json")
-    return raw is not None and "miningxr" in json.loads(raw).get("attributes", {})
+    attrs = json.loads(raw).get("attributes", {}) if raw is not None else {}
+    return any(a in attrs for a in ([attr] if attr else ["miningxr", "miningxr_predictions"]))
 
 
 def check_store_path(path: Where, layout: StoreLayout | None = None) -> StoreLayout:
@@ -87,31 +92,50 @@ def check_store_path(path: Where, layout: StoreLayout | None = None) -> StoreLay
         raise StoreError(
             f"{loc} is a file, not a store; give the path of a new or existing store folder (e.g. s.zarr)"
         )
-    if loc.exists("zarr.json") and not (loc.is_url and loc.exists(CREATING)):
-        existing = store_layout(loc)
-        if layout is not None and layout != existing:
-            raise StoreError(f"{loc} already has layout {existing}, not {layout}; use another path")
-        readonly = (loc.is_url and _probe_error(loc) is not None) or (
-            not loc.is_url and _write_error(loc.local / CATALOG) is not None
-        )
-        if readonly:
-            raise StoreError(
-                f"the store {loc} is read-only here: it can be read (open_store, status, "
-                "predict from it) but not added to; copy it to a writable place to ingest "
-                "into it"
-            )
-        return existing
     if loc.is_url:
-        if loc.list(limit=2) and not loc.exists(CREATING):
+        if is_built(loc, "miningxr"):
+            return _existing_layout(loc, layout)
+        if holds_other_data(loc, "miningxr"):
             raise StoreError(
                 f"{loc} holds objects and is not a miningxr store; choose an empty or new prefix"
             )
+        if is_built(loc, "miningxr"):  # finished by another process since we looked
+            return _existing_layout(loc, layout)
         loc.check_writable(what=f"the store {loc}", within=f"{CATALOG}/")
         return layout or StoreLayout()
+    if loc.exists("zarr.json"):
+        return _existing_layout(loc, layout)
     if loc.local.exists() and any(loc.local.iterdir()):
         raise StoreError(f"{loc} exists and is not a miningxr store; choose an empty or new path")
     check_writable_folder(loc.local.parent, what=f"the store {loc}")
     return layout or StoreLayout()
+
+
+def holds_other_data(loc: Location, attr: str) -> bool:
+    """Whether an object-storage prefix holds objects other than a store being built or built
+    (``attr`` names it). Objects beside the catalog's group are another dataset unless a build
+    is under way (its marker is written before anything else) or has finished since they were
+    listed: checked in that order, one of the three holds at any time."""
+    foreign = [m for m in loc.list(limit=1000) if not m.key.startswith(f"{CATALOG}/")]
+    return bool(foreign) and not loc.exists(CREATING) and not is_built(loc, attr)
+
+
+def _existing_layout(loc: Location, layout: StoreLayout | None) -> StoreLayout:
+    """The layout of the store at ``loc``, refused when another was asked for or when this
+    process cannot add to it."""
+    existing = store_layout(loc)
+    if layout is not None and layout != existing:
+        raise StoreError(f"{loc} already has layout {existing}, not {layout}; use another path")
+    readonly = (loc.is_url and _probe_error(loc) is not None) or (
+        not loc.is_url and _write_error(loc.local / CATALOG) is not None
+    )
+    if readonly:
+        raise StoreError(
+            f"the store {loc} is read-only here: it can be read (open_store, status, "
+            "predict from it) but not added to; copy it to a writable place to ingest "
+            "into it"
+        )
+    return existing
 
 
 def _probe_error(loc: Location) -> str | None:
@@ -185,7 +209,8 @@ def create_atomically(loc: Location, build: Callable[[Location], None]) -> bool:
     """
     if loc.is_url:
         Catalog(loc).close()  # the catalog's group first: zarr then sees the marker inside a group
-        loc.put(CREATING, b"")
+        if not _claim_creation(loc):
+            return False  # another process built it meanwhile: use theirs
         build(loc)
         loc.delete(CREATING)
         return True
@@ -203,6 +228,33 @@ def create_atomically(loc: Location, build: Callable[[Location], None]) -> bool:
         return True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+#: a creation marker older than this is of a process that died (a build takes seconds)
+CREATION_STALE_S = 600.0
+
+
+def _claim_creation(loc: Location, poll: float = 0.2) -> bool:
+    """Claim the building of a store in object storage: True when this process is to build it,
+    False once another process has built it. The claim is the marker, created only if absent,
+    holding its owner; a marker whose owner died (or that is older than
+    :data:`CREATION_STALE_S`) is taken over, so a build cut short by a kill is redone."""
+    owner = new_owner()
+    while True:
+        if loc.put(CREATING, owner.encode(), create=True):
+            return True
+        raw = loc.read_bytes(CREATING)
+        if raw is None:  # its builder finished (or gave up) between our two requests
+            if is_built(loc):
+                return False
+            continue
+        other = raw.decode(errors="replace")
+        born = int(other.rsplit(":", 1)[-1]) / 1e9 if other.rsplit(":", 1)[-1].isdigit() else 0.0
+        if not owner_alive(other) or time.time() - born > CREATION_STALE_S:
+            log.info("taking over the creation of %s from %s, which is gone", loc, other)
+            loc.delete(CREATING)
+            continue
+        time.sleep(poll)
 
 
 def global_template(**coords: Any) -> xr.Dataset:

@@ -157,3 +157,28 @@ def test_the_store_can_be_read_by_zarr_directly_from_the_bucket(s3_prefix, shard
     got = root["landsat"][2020 - 1984, :, r0 : r0 + 64, c0 : c0 + 64]
     want = open_synthetic(shard_slice, 2020, decode=False).landsat.values[0, :, :64, :64]
     np.testing.assert_array_equal(got, want)
+
+
+def test_stores_created_at_once_by_several_writers_in_s3_are_one_store(s3_prefix):
+    """Object storage has no rename: the build is claimed by a create-only marker, and the
+    others wait for it (they used to race and fail on the arrays each other had made)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from miningxr.store import CREATING, create_store, is_built
+
+    url = f"{s3_prefix}/s.zarr"
+    with ThreadPoolExecutor(4) as pool:
+        layouts = list(pool.map(lambda _: create_store(url, SMALL), range(4)))
+    assert layouts == [SMALL] * 4
+    assert is_built(as_location(url), "miningxr") and not as_location(url).exists(CREATING)
+
+
+def test_a_creation_cut_short_by_a_dead_process_is_taken_over(s3_prefix):
+    import socket
+
+    from miningxr.store import CREATING, create_store, is_built
+
+    loc = as_location(f"{s3_prefix}/s.zarr")
+    loc.put(CREATING, f"{socket.gethostname()}:999999999:0".encode())  # its builder died
+    assert create_store(loc, SMALL) == SMALL
+    assert is_built(loc, "miningxr") and not loc.exists(CREATING)

@@ -120,12 +120,19 @@ class Location:
 
     def objects(self) -> Any:
         """The obstore store rooted at this location (one per process and location)."""
-        return _object_store(self.text)
+        return _object_store(self.text if self.is_url else str(Path(self.text).resolve()))
 
     # ------------------------------------------------------------------ objects
 
     def read_bytes(self, key: str) -> bytes | None:
         """The object ``key`` below this location, or None when there is none."""
+        if not self.is_url:  # a plain read: looking creates nothing
+            try:
+                return (Path(self.text) / key).read_bytes()
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            except OSError as e:
+                raise _storage_error(self, e) from None
         import obstore
         from obstore.exceptions import BaseError, NotFoundError
 
@@ -149,6 +156,8 @@ class Location:
         import obstore
         from obstore.exceptions import AlreadyExistsError, BaseError, PreconditionError
 
+        if not self.is_url:
+            Path(self.text).mkdir(parents=True, exist_ok=True)  # obstore's LocalStore needs its root
         try:
             obstore.put(self.objects(), key, data, mode="create" if create else "overwrite")
         except (AlreadyExistsError, PreconditionError, FileExistsError):
@@ -264,8 +273,7 @@ def _object_store(text: str) -> Any:
     from obstore.store import LocalStore, MemoryStore, from_url
 
     if not _URL.match(text):
-        Path(text).mkdir(parents=True, exist_ok=True)
-        return LocalStore(str(Path(text).resolve()))
+        return LocalStore(text, mkdir=True)
     parts = urlsplit(text)
     if parts.scheme == "memory":
         # one MemoryStore per location, in this process only (a process cluster cannot see it)

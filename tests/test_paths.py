@@ -80,3 +80,16 @@ def test_the_cli_writes_an_s3_store_into_the_bucket_not_a_folder_named_s3(
     assert "landsat" in capsys.readouterr().out
     assert as_location(url).exists("zarr.json")
     assert not any(tmp_path.iterdir()), list(tmp_path.rglob("*"))
+
+
+def test_reading_a_store_that_is_not_there_creates_nothing(tmp_path, monkeypatch):
+    from miningxr import load_tile_index, open_regions, status
+    from miningxr.errors import TileError
+
+    monkeypatch.chdir(tmp_path)
+    for read in (open_store, status, open_regions):
+        with pytest.raises(StoreError, match="is not a miningxr store"):
+            read("typo.zarr")
+    with pytest.raises(TileError, match="no tile index"):
+        load_tile_index("typo.zarr")
+    assert not any(tmp_path.iterdir()), list(tmp_path.rglob("*"))

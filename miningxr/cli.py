@@ -20,7 +20,7 @@ import distributed
 from . import __version__
 from .change import GROUPINGS, change, summary
 from .cluster import dask_client
-from .config import Config, Loss, LrSchedule, PredictionDtype, TrainConfig, check_temporal_span
+from .config import Config, Loss, LrSchedule, PredictionDtype, PredictMode, TrainConfig, check_temporal_span
 from .errors import MiningxrError, UsageError
 from .evaluate import SPLITS, evaluate, plot_map, plot_tiles
 from .export import export_store
@@ -248,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overlap", type=int, help="pixels of overlap between tiles (default 16)")
     p.add_argument(
+        "--mode",
+        choices=get_args(PredictMode),
+        help="tiles (default: the model on its training tiles, blended over --overlap) or window "
+        "(whole blocks plus a halo of the receptive field: no seams, any chunking alike)",
+    )
+    p.add_argument(
         "--dtype",
         choices=get_args(PredictionDtype),
         help="how a new prediction store keeps probability: uint8 (default; steps of 1/250, CF "
@@ -257,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--block",
         type=int,
-        help="pixels per side of the blocks the model runs on (default 2048; bigger wastes less on halos)",
+        help="with --mode window: pixels per side of the windows the model runs on (default 1024; "
+        "bigger wastes less on the ~100 px halo and holds more memory)",
     )
     _common(p)
 
@@ -519,7 +526,12 @@ def _in_countries(index: Any, countries: list[str]) -> Any:
 def cmd_predict(args: argparse.Namespace) -> int:
     cfg = _config(args)
     region = _region(args)
-    kwargs = {"config": cfg.predict, "overlap": args.overlap, "batch_size": args.batch_size}
+    kwargs = {
+        "config": cfg.predict,
+        "overlap": args.overlap,
+        "batch_size": args.batch_size,
+        "mode": args.mode,
+    }
     if region is not None:
         prob: Any = predict(open_store(args.store, region=region, years=args.years), args.model, **kwargs)
     else:  # every region of a sparse store, each on its own slice of the grid

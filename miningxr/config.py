@@ -270,6 +270,8 @@ class TrainConfig:
 
 #: how a prediction store keeps probability
 PredictionDtype = Literal["uint8", "float32"]
+#: how predict runs the model: on its tiles, or on whole windows
+PredictMode = Literal["tiles", "window"]
 
 
 @dataclass(frozen=True)
@@ -287,17 +289,26 @@ class PredictConfig:
     dtype
         How a new prediction store keeps probability: ``uint8`` (steps of 1/250 with CF
         ``scale_factor``; a quarter of ``float32``'s bytes, at most 0.002 off) or ``float32``.
+    mode
+        ``tiles``: the model on its training tiles, blended over ``overlap``; ``window``: the
+        fully convolutional model on whole blocks plus a halo of its receptive field (no tiles,
+        no seams, the same under any chunking; ``overlap`` does not apply).
+    block
+        Pixels per side of the windows of ``mode="window"`` (the halo is ~100 px each side at
+        depth 4: bigger windows waste less on it, and hold more memory).
     """
 
     overlap: int = 16
     batch_size: int = 64
     threshold: float = 0.5
     dtype: PredictionDtype = "uint8"
+    mode: PredictMode = "tiles"
+    block: int = 1024
 
     def __post_init__(self) -> None:
         _check_types(self, "predict")
         _at_least(self, 0, "overlap")
-        _at_least(self, 1, "batch_size")
+        _at_least(self, 1, "batch_size", "block")
         if not 0 <= self.threshold <= 1:
             raise ConfigError(f"threshold (--threshold) must be in [0, 1], got {self.threshold}")
 

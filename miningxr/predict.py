@@ -34,7 +34,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from .catalog import CATALOG, Catalog
-from .config import PredictConfig, PredictionDtype, StoreLayout
+from .config import PredictConfig, PredictionDtype, PredictMode, StoreLayout
 from .encoding import (
     FILL_VALUE,
     GRID_MAPPING_ATTRS,
@@ -179,13 +179,77 @@ def predict_array(
     return out[hy : hy + oh, hx : hx + ow].astype(np.float32)
 
 
+def window_halo(depth: int) -> int:
+    """The halo of a whole-window prediction: the UNet's receptive radius, ``6 * 2**depth - 2``
+    px (two 3x3 convolutions and a pooling per level down, two convolutions and an
+    up-sampling per level up), rounded up to a multiple of ``2**depth`` so that every window
+    keeps the pooling grid. A test measures the radius on the network itself.
+
+    >>> window_halo(2), window_halo(4)
+    (24, 96)
+    """
+    step = 2**depth
+    return -(-(6 * step - 2) // step) * step
+
+
+def _depth(model: keras.Model) -> int:
+    return sum(1 for layer in model.layers if layer.name.startswith("pool"))
+
+
+@functools.lru_cache(maxsize=4)
+def _window_model_of(ref: str) -> keras.Model:
+    return window_model(_resolve(ref))
+
+
+def window_model(model: keras.Model) -> keras.Model:
+    """The same network and weights on inputs of any height and width (the UNet is fully
+    convolutional; only its input layer names the tile size)."""
+    import copy
+
+    config = copy.deepcopy(model.get_config())
+    for layer in config["layers"]:
+        if layer["class_name"] == "InputLayer":
+            shape = layer["config"]["batch_shape"]
+            layer["config"]["batch_shape"] = [None, None, None, shape[-1]]
+    unet = _unet()
+    out = type(model).from_config(config, custom_objects={"TileSpec": unet.TileSpec, **unet.CUSTOM_OBJECTS})
+    out.set_weights(model.get_weights())
+    return out
+
+
+def predict_window(
+    x: np.ndarray,
+    model: keras.Model,
+    *,
+    start: tuple[int, int],
+    out_shape: tuple[int, int],
+    depth: int,
+    pad: int,
+) -> np.ndarray:
+    """Predict the core of a ``(y, x, band)`` standardized block padded by ``pad`` on each side
+    (``window_halo(depth)``, plus ``2**depth`` where blocks start off the pooling grid), as one
+    window: the core starts at ``start`` (its position in the array), and the window is cut so
+    that it starts on a multiple of ``2**depth`` there, the pooling grid of every chunking
+    alike."""
+    step, halo = 2**depth, window_halo(depth)
+    (sr, sc), (oh, ow) = start, out_shape
+    r0, c0 = pad - halo - sr % step, pad - halo - sc % step  # window origin in the block
+    rh = -(-(halo + sr % step + oh + halo) // step) * step
+    rw = -(-(halo + sc % step + ow + halo) // step) * step
+    win = x[r0 : r0 + rh, c0 : c0 + rw]
+    if win.shape[:2] != (rh, rw):  # the array's last block: past its end is no data (zero) anyway
+        win = np.pad(win, ((0, rh - win.shape[0]), (0, rw - win.shape[1]), (0, 0)))
+    p = np.asarray(model.predict_on_batch(win[None]))[0, ..., 0]
+    return p[halo + sr % step : halo + sr % step + oh, halo + sc % step : halo + sc % step + ow]
+
+
 # fmt: off
 @overload
 def predict(ds: xr.DataTree, model: Any, *, config: PredictConfig | None = ..., year: int | None = ...,
-            overlap: int | None = ..., batch_size: int | None = ...) -> xr.DataTree: ...
+            overlap: int | None = ..., batch_size: int | None = ..., mode: PredictMode | None = ...) -> xr.DataTree: ...
 @overload
 def predict(ds: xr.Dataset | xr.DataArray, model: Any, *, config: PredictConfig | None = ..., year: int | None = ...,
-            overlap: int | None = ..., batch_size: int | None = ...) -> xr.DataArray: ...
+            overlap: int | None = ..., batch_size: int | None = ..., mode: PredictMode | None = ...) -> xr.DataArray: ...
 # fmt: on
 
 
@@ -197,6 +261,7 @@ def predict(
     year: int | None = None,
     overlap: int | None = None,
     batch_size: int | None = None,
+    mode: PredictMode | None = None,
 ) -> xr.DataArray | xr.DataTree:
     """Mining probability for every pixel of a cube, lazily, with the cube's grid and chunks.
 
@@ -215,9 +280,11 @@ def predict(
     year
         Predict only this year of the cube. By default every year: a cube of several years
         gives ``(year, y, x)``, one of a single year ``(y, x)`` with a scalar ``year``.
-    overlap, batch_size
+    overlap, batch_size, mode
         Override those fields of ``config``: pixels by which neighbouring tiles overlap (their
-        predictions are blended), and tiles per model call.
+        predictions are blended), tiles per model call, and ``"tiles"`` or ``"window"``
+        (the model on whole blocks plus a halo of its receptive field: no seams, the same
+        under any chunking).
 
     Returns
     -------
@@ -229,14 +296,20 @@ def predict(
         return xr.DataTree.from_dict(
             {
                 name: predict(
-                    node.to_dataset(), model, config=config, year=year, overlap=overlap, batch_size=batch_size
+                    node.to_dataset(),
+                    model,
+                    config=config,
+                    year=year,
+                    overlap=overlap,
+                    batch_size=batch_size,
+                    mode=mode,
                 ).to_dataset()
                 for name, node in ds.children.items()
             }
         )
     cfg = config or PredictConfig()
     changes: dict[str, Any] = {
-        k: v for k, v in (("overlap", overlap), ("batch_size", batch_size)) if v is not None
+        k: v for k, v in (("overlap", overlap), ("batch_size", batch_size), ("mode", mode)) if v is not None
     }
     cfg = dataclasses.replace(cfg, **changes)  # validated again
     overlap, batch_size = cfg.overlap, cfg.batch_size
@@ -266,14 +339,23 @@ def predict(
     arr = arr.chunk({"band": -1})
     in_rows, in_cols = arr.data.chunks[0], arr.data.chunks[1]
     in_chunks = {"y": in_rows, "x": in_cols}
+    window = cfg.mode == "window"
+    depth = _depth(m)
     aligned = overlap == 0 and all(c % t == 0 for c in (*in_rows[:-1], *in_cols[:-1]))
-    halo = 0 if aligned else t
+    # a window: its receptive field on each side (and a step of the pooling grid where blocks
+    # start off it); tiles: one tile
+    if window:  # the model runs on blocks of cfg.block px; the output keeps the input's chunks
+        arr = arr.chunk({"y": max(cfg.block, max(in_rows)), "x": max(cfg.block, max(in_cols))})
+    run_rows, run_cols = arr.data.chunks[0], arr.data.chunks[1]
+    off_grid = any(c % 2**depth for c in (*run_rows[:-1], *run_cols[:-1]))
+    halo = window_halo(depth) + (2**depth if off_grid else 0) if window else 0 if aligned else t
     if halo:
         # dask's overlap needs every chunk at least as deep as the halo: fold small edge chunks
-        arr = arr.chunk({"y": _min_chunks(in_rows, halo), "x": _min_chunks(in_cols, halo)})
+        arr = arr.chunk({"y": _min_chunks(run_rows, halo), "x": _min_chunks(run_cols, halo)})
     row_chunks, col_chunks = arr.data.chunks[0], arr.data.chunks[1]
     # a path or URL travels to the workers, which load (and for a URL download) it once each
     model_ref = _model_ref(model) if isinstance(model, (str, os.PathLike, Location)) else m
+    net = window_model(m) if window and not isinstance(model_ref, str) else None
     mean, std = [float(v) for v in spec.mean], [float(v) for v in spec.std]  # plain lists pickle
 
     def run(x: da.Array) -> da.Array:
@@ -289,14 +371,24 @@ def predict(
             i, j, _ = block_info[0]["chunk-location"]
             oh, ow = row_chunks[i], col_chunks[j]
             z = normalize(b, mean, std)
-            p = predict_array(
-                z,
-                model_ref,
-                origin=(int(rstart[i]) - halo, int(cstart[j]) - halo),
-                out_shape=(oh, ow),
-                overlap=overlap,
-                batch_size=batch_size,
-            )
+            if window:
+                p = predict_window(
+                    z,
+                    _window_model_of(model_ref) if net is None else net,
+                    start=(int(rstart[i]), int(cstart[j])),
+                    out_shape=(oh, ow),
+                    depth=depth,
+                    pad=halo,
+                )
+            else:
+                p = predict_array(
+                    z,
+                    model_ref,
+                    origin=(int(rstart[i]) - halo, int(cstart[j]) - halo),
+                    out_shape=(oh, ow),
+                    overlap=overlap,
+                    batch_size=batch_size,
+                )
             # a pixel without a single valid band has no evidence: say so rather than guess
             core = b[halo : halo + oh, halo : halo + ow]
             nodata = (
@@ -326,7 +418,8 @@ def predict(
         long_name="probability of mining",
         units="1",
         grid_mapping="spatial_ref",
-        overlap=overlap,
+        overlap=overlap if not window else 0,
+        mode=cfg.mode,
         tile_size=t,
         bands=list(spec.bands),
         model=str(model) if isinstance(model, (str, os.PathLike, Location)) else m.name,

@@ -258,3 +258,68 @@ def test_a_float32_store_keeps_the_prediction_exactly_and_a_uint8_one_within_hal
     # a store keeps the dtype it was made with
     assert write_predictions(prob, tmp_path / "float32.zarr", progress=False, dtype="uint8").skipped == 1
     assert zarr.open_group(str(tmp_path / "float32.zarr"), mode="r")["mining_probability"].dtype == np.float32
+
+
+# --------------------------------------------------------------------------- whole windows
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    block=st.sampled_from([200, 256, 300, 512]),
+    rows=st.sampled_from([256, 300, 512, 1000]),
+    cols=st.sampled_from([200, 512, 768]),
+)
+def test_whole_window_prediction_is_the_same_under_any_chunking_and_window_size(
+    store, tiny_model, block, rows, cols
+):
+    """Windows of any size (on the pooling grid or off it) over a cube of any chunks give the
+    prediction of one window over everything, in the cube's own chunks."""
+    from miningxr.config import PredictConfig
+
+    ds = open_store(store).isel(y=slice(0, 1024), x=slice(0, 1024))
+    want = predict(ds, tiny_model, config=PredictConfig(mode="window", block=1024)).values
+    cube = ds.chunk({"y": rows, "x": cols})
+    got = predict(cube, tiny_model, config=PredictConfig(mode="window", block=block))
+    assert got.chunks == cube.landsat.isel(year=0, band=0).chunks
+    np.testing.assert_allclose(got.values, want, atol=1e-5)
+
+
+def test_whole_window_prediction_has_no_seam_at_window_edges(store, tiny_model):
+    """The same pixels predicted as one window and cut into 256 px windows: equal on both sides
+    of every cut (each window sees its neighbours' pixels through its halo)."""
+    from miningxr.config import PredictConfig
+
+    ds = open_store(store).isel(y=slice(0, 768), x=slice(0, 768))
+    one = predict(ds, tiny_model, config=PredictConfig(mode="window", block=768)).values
+    cut = predict(ds, tiny_model, config=PredictConfig(mode="window", block=256)).values
+    for edge in (256, 512):
+        np.testing.assert_allclose(cut[:, edge - 2 : edge + 2], one[:, edge - 2 : edge + 2], atol=1e-5)
+        np.testing.assert_allclose(cut[edge - 2 : edge + 2], one[edge - 2 : edge + 2], atol=1e-5)
+    # and nothing else changes there either: no step at the cut beyond the image's own
+    steps = np.abs(np.diff(cut, axis=1))
+    assert np.nanmean(steps[:, [255, 511]]) <= 1.5 * np.nanmean(steps)
+    assert np.isfinite(one).mean() > 0.9 and one.dtype == np.float32
+
+
+def test_window_mode_is_recorded_and_keeps_the_cube_s_grid(store, tiny_model):
+    ds = open_store(store).isel(y=slice(0, 512), x=slice(0, 512))
+    prob = predict(ds, tiny_model, mode="window")
+    assert prob.attrs["mode"] == "window" and prob.rio.crs == ds.rio.crs
+    np.testing.assert_array_equal(prob.x.values, ds.x.values)
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_the_window_halo_covers_the_networks_receptive_field(depth):
+    """A pixel changed in the input changes the output only within the halo around it."""
+    from miningxr import build_unet
+    from miningxr.config import TrainConfig
+    from miningxr.predict import window_halo, window_model
+
+    net = window_model(build_unet(TrainConfig(base_filters=4, depth=depth)))
+    x = np.random.default_rng(0).normal(size=(1, 256, 256, 7)).astype("float32")
+    before = np.asarray(net.predict_on_batch(x))[0, ..., 0]
+    x[0, 128, 128] += 10
+    changed = np.abs(np.asarray(net.predict_on_batch(x))[0, ..., 0] - before) > 0
+    rows, cols = np.nonzero(changed)
+    reach = max(np.abs(rows - 128).max(), np.abs(cols - 128).max())
+    assert 0 < reach <= window_halo(depth) and window_halo(depth) - reach < 2**depth + 2

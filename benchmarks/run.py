@@ -425,6 +425,66 @@ def bench_predict(store: Path, model_path: Path):
     ]
 
 
+def bench_window(work: Path, store: Path):
+    """Whole-window prediction (``mode="window"``, 1024 px windows plus the receptive field)
+    vs tiling with the seam-free overlap of 16 px, and vs a bare ``model.predict`` over the
+    same area's 64 px tiles in memory; the test-split IoU of both modes, from a UNet (16 base
+    filters) trained here on the benchmark store."""
+    import miningxr
+    from miningxr.config import PredictConfig, TrainConfig
+    from miningxr.encoding import normalize
+    from miningxr.model.unet import load_model, model_spec
+
+    run = miningxr.train(
+        store,
+        config=TrainConfig(base_filters=16, epochs=8, learning_rate=2e-3, patience=8, pos_weight=1.0),
+        out_dir=work / "window-run",
+        verbose=0,
+    )
+    path = run.model_path
+    ds = miningxr.open_store(store)
+    window, tiles = PredictConfig(mode="window", block=1024), PredictConfig(mode="tiles", overlap=16)
+    model = load_model(path)
+    spec = model_spec(model)
+    x = normalize(ds.landsat.isel(year=0).transpose("y", "x", "band").values, spec.mean, spec.std)
+    n = x.shape[0] // 64
+    arr = x.reshape(n, 64, n, 64, 7).transpose(0, 2, 1, 3, 4).reshape(-1, 64, 64, 7)
+    iou = {}
+    for name, cfg in (("window", window), ("tiles", tiles)):
+        prob = miningxr.predict(ds, path, config=cfg).persist()
+        iou[name] = miningxr.evaluate(store, prob, split="test")["iou"]
+    model.predict(arr[:64], batch_size=64, verbose=0)
+    t = _best_in_turns(
+        {
+            "window": lambda: miningxr.predict(ds, path, config=window).compute(scheduler="threads"),
+            "tiles": lambda: miningxr.predict(ds, path, config=tiles).compute(scheduler="threads"),
+            "raw": lambda: model.predict(arr, batch_size=64, verbose=0),
+        },
+        rounds=3,
+    )
+    k = len(arr)  # 64 px tiles of output, whatever each mode computes
+    note = f"test-split IoU: window {iou['window']:.3f}, tiles {iou['tiles']:.3f}; 2048 px, base 16"
+    return [
+        _result(
+            "whole-window predict vs overlap-16 tiling",
+            k / t["window"],
+            k / t["tiles"],
+            "tiles/s",
+            2.0,
+            note=note,
+        )
+        | {"iou_window": iou["window"], "iou_tiles": iou["tiles"]},
+        _result(
+            "whole-window predict vs raw model.predict over 64 px tiles",
+            k / t["window"],
+            k / t["raw"],
+            "tiles/s",
+            1.0,
+            note="raw: the same area's tiles from memory, no overlap",
+        ),
+    ]
+
+
 def bench_compact_predictions(work: Path, store: Path, model_path: Path):
     """A uint8 prediction store (the default) vs a float32 one of the same predictions: bytes on
     disk, and the largest difference of what each reads back."""
@@ -589,7 +649,18 @@ def main(argv=None) -> int:
     p.add_argument(
         "--only",
         nargs="*",
-        choices=["plan", "ingest", "masks", "loader", "loader_s3", "predict", "sparse", "demo", "change"],
+        choices=[
+            "plan",
+            "ingest",
+            "masks",
+            "loader",
+            "loader_s3",
+            "predict",
+            "window",
+            "sparse",
+            "demo",
+            "change",
+        ],
     )
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
@@ -601,7 +672,8 @@ def main(argv=None) -> int:
     from miningxr.sources.synthetic import mine_polygons
 
     only = set(
-        args.only or ["plan", "ingest", "masks", "loader", "loader_s3", "predict", "sparse", "demo", "change"]
+        args.only
+        or ["plan", "ingest", "masks", "loader", "loader_s3", "predict", "window", "sparse", "demo", "change"]
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -635,6 +707,8 @@ def main(argv=None) -> int:
             miningxr.build_unet(TrainConfig(base_filters=16), stats=index.attrs["stats"]).save(model_path)
             results += bench_predict(store, model_path)
             results.append(bench_compact_predictions(work, store, model_path))
+        if "window" in only:
+            results += bench_window(work, store)
         if "sparse" in only:
             results.append(bench_sparse(work))
         if "demo" in only:

@@ -25,8 +25,9 @@ from tqdm.auto import tqdm
 
 from .catalog import STATES, Catalog, ShardKey, new_owner
 from .cluster import dask_client
+from .errors import UsageError
 from .grid import GridSlice, block_edges
-from .paths import Where
+from .paths import Where, as_location
 from .store import store_layout, write_block
 
 log = logging.getLogger("miningxr")
@@ -126,35 +127,51 @@ def run_shards(
     puts this run's unfinished shards back to pending. ``report`` is filled in and returned.
     """
     owner = new_owner()
-    with Catalog(store) as cat:
+    # the cluster first: a scheduler that cannot be reached, or workers that cannot see the
+    # store, are refused before any shard is planned or claimed
+    with dask_client(scheduler) as client, Catalog(store) as cat:
+        _check_workers_see(store, client)
         cat.plan(variable, keys, source)
         todo, busy = cat.claim(variable, keys, owner, retry_failed=retry_failed, force=force)
         report.skipped = len(keys) - len(todo) - len(busy)
-        with dask_client(scheduler) as client:
-            bar = tqdm(total=len(todo) + len(busy), desc=desc, unit="shard", disable=not progress)
-            try:
-                while True:
-                    _submit(client, cat, variable, todo, owner, source, report, bar, make_task)
-                    if not busy:
-                        break
-                    # another run holds these shards: wait until it finishes or dies
-                    time.sleep(1.0)
-                    todo, busy_now = cat.claim(variable, busy, owner)
-                    states = cat.state_of(variable, busy)
-                    bar.update(
-                        sum(
-                            1
-                            for k in busy
-                            if k not in busy_now and k not in todo and states[k] in ("done", "failed")
-                        )
+        bar = tqdm(total=len(todo) + len(busy), desc=desc, unit="shard", disable=not progress)
+        try:
+            while True:
+                _submit(client, cat, variable, todo, owner, source, report, bar, make_task)
+                if not busy:
+                    break
+                # another run holds these shards: wait until it finishes or dies
+                time.sleep(1.0)
+                todo, busy_now = cat.claim(variable, busy, owner)
+                states = cat.state_of(variable, busy)
+                bar.update(
+                    sum(
+                        1
+                        for k in busy
+                        if k not in busy_now and k not in todo and states[k] in ("done", "failed")
                     )
-                    busy = busy_now
-            except BaseException:
-                cat.release(owner)
-                raise
-            finally:
-                bar.close()
+                )
+                busy = busy_now
+        except BaseException:
+            cat.release(owner)
+            raise
+        finally:
+            bar.close()
     return report
+
+
+def _check_workers_see(store: Where, client: distributed.Client) -> None:
+    """Refuse a ``memory://`` store on workers in other processes: each would write into its
+    own memory, and the run would report shards done that nobody can read."""
+    if as_location(store).scheme != "memory":
+        return
+    workers = list(client.scheduler_info().get("workers", {}))
+    if any(not w.startswith("inproc://") for w in workers):
+        raise UsageError(
+            f"{store} lives in this process's memory, and the Dask workers run in other processes "
+            "that cannot see it: use a folder or an s3://, gs://, az:// URL, or a cluster of "
+            "threads (distributed.LocalCluster(processes=False))"
+        )
 
 
 def _submit(

@@ -93,3 +93,19 @@ def test_reading_a_store_that_is_not_there_creates_nothing(tmp_path, monkeypatch
     with pytest.raises(TileError, match="no tile index"):
         load_tile_index("typo.zarr")
     assert not any(tmp_path.iterdir()), list(tmp_path.rglob("*"))
+
+
+def test_a_memory_store_on_workers_in_other_processes_is_refused_before_any_shard(shard_slice):
+    import distributed
+
+    from miningxr import ingest
+
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0", host="127.0.0.1"
+        ) as cluster,
+        pytest.raises(UsageError, match="other processes"),
+    ):
+        ingest("memory://t/far.zarr", shard_slice, 2020, scheduler=cluster.scheduler_address, progress=False)
+    # and with the threads of this process it works
+    assert ingest("memory://t/near.zarr", shard_slice, 2020, progress=False).written == 1

@@ -625,8 +625,11 @@ def _model_record(attrs: dict[str, Any]) -> dict[str, Any]:
     """What names a model across runs: the sha256 of its file (else its name), bands, tile size."""
     model = attrs.get("model")
     identity = str(model)
-    p = model_file(model) if model is not None and as_location(str(model)).exists() else Path(str(model))
-    if model is not None and p.is_file():
+    try:  # a path or URL (a URL used to go unhashed: a listing found no object "below" it)
+        p = model_file(str(model)) if model is not None else None
+    except ModelFileError:  # an in-memory model's name
+        p = None
+    if p is not None and p.is_file():
         h = hashlib.sha256()
         with open(p, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):

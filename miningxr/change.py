@@ -138,11 +138,20 @@ def consistent_mining(prob: xr.DataArray, config: ChangeConfig | None = None) ->
 
 def onset_year(mined: xr.DataArray) -> xr.DataArray:
     """The first mined year of each pixel of a consistent series (0 where never mined)."""
-    years = mined["year"]
-    first = (mined == MINED).argmax("year")
-    ever = (mined == MINED).any("year")
-    out = xr.where(ever, years.isel(year=first).drop_vars("year"), NO_YEAR_VALUE).astype(np.int16)
+    out = xr.apply_ufunc(  # lazily too: one task per spatial chunk of a dask series
+        _first_mined,
+        mined,
+        kwargs={"years": np.asarray(mined["year"].values)},
+        input_core_dims=[["year"]],
+        dask="parallelized",
+        output_dtypes=[np.int16],
+    )
     return out.rename("onset_year").assign_attrs(long_name="first year of sustained mining", nodata=0)
+
+
+def _first_mined(mined: np.ndarray, years: np.ndarray) -> np.ndarray:
+    hit = mined == MINED
+    return np.where(hit.any(-1), years[hit.argmax(-1)], NO_YEAR_VALUE).astype(np.int16)
 
 
 def closure_year(mined: xr.DataArray) -> xr.DataArray:

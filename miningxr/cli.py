@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -48,6 +49,7 @@ The pipeline, stage by stage (each writes into one global store on the EPSG:6933
   miningxr predict  --store s.zarr --model run/model.keras --out pred.zarr
   miningxr evaluate --store s.zarr --predictions pred.zarr --polygons mines.gpkg
   miningxr export   --store s.zarr --predictions pred.zarr --out exports/
+  miningxr serve    --store s.zarr --predictions pred.zarr   (a web map and an API on 127.0.0.1:8000)
   miningxr demo     (all of the above on the synthetic source, no account, no network)
 
 Every command that computes takes --scheduler ADDRESS to run on an existing Dask cluster
@@ -129,7 +131,7 @@ def _common(p: argparse.ArgumentParser, scheduler: str | None = _LOCAL_CLUSTER_H
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
     p.add_argument(
-        "--config", metavar="TOML", help="a config file (sections store, synthetic, tiles, train, predict)"
+        "--config", metavar="TOML", help="a config file (sections store, synthetic, tiles, train, predict, change, serve)"
     )
 
 
@@ -345,6 +347,33 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="pixels of overlap between predicted tiles (default 16; 8 with --temporal)",
     )
+    _common(p)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve a store on HTTP: a web map, map tiles, Zarr and a mining query",
+        description="Serve the store's regions over HTTP (xpublish): a web map at /, XYZ tiles of "
+        "true and false colour imagery, the truth, the predicted probability and the onset year "
+        "(/tiles/{layer}/{z}/{x}/{y}.png?year=Y), each region as Zarr v3 "
+        "(xr.open_zarr('http://HOST:PORT/datasets/REGION/zarr')), GET /mining?bbox=W,S,E,N&year=Y "
+        "(mined km2, polygons and onset years), GET /point?lon=..&lat=..&year=Y and GET /regions. "
+        "With --model, what is not predicted yet is predicted on demand and cached into "
+        "--predictions. Binds 127.0.0.1 (this machine only) unless --host says otherwise; "
+        "the API's own documentation is at /docs.",
+        epilog="example:\n  miningxr serve --store demo/store.zarr --predictions demo/predictions.zarr\n"
+        "  then open http://127.0.0.1:8000/ in a browser",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--store", required=True, help="the imagery store (a path or an object-storage URL)")
+    p.add_argument("--predictions", help="a prediction store (with --model: where on-demand predictions go)")
+    p.add_argument("--model", help="a .keras model: predict on demand what --predictions lacks")
+    p.add_argument(
+        "--host",
+        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 serves every "
+        "interface, so anyone who can reach it can read the store)",
+    )
+    p.add_argument("--port", type=int, help="TCP port (default 8000)")
+    p.add_argument("--threshold", type=float, help="probability counted as mined (default 0.5)")
     _common(p)
     return parser
 
@@ -612,6 +641,35 @@ def cmd_change(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import MiningServer, serve_app
+
+    cfg = _config(args)
+    scfg = dataclasses.replace(
+        cfg.serve,
+        **{k: v for k, v in {"host": args.host, "port": args.port, "threshold": args.threshold}.items() if v is not None},
+    )
+    with dask_client(args.scheduler) as client:
+        server = MiningServer(
+            args.store,
+            args.predictions,
+            args.model,
+            config=scfg,
+            predict_config=cfg.predict,
+            change_config=dataclasses.replace(cfg.change, threshold=scfg.threshold),
+        )
+        app = serve_app(server)
+        import uvicorn
+
+        print(
+            f"miningxr serve: http://{scfg.host}:{scfg.port}/ (the map), /docs (the API); "
+            f"Dask dashboard {client.dashboard_link}; Ctrl-C stops",
+            file=sys.stderr,
+        )
+        uvicorn.run(app, host=scfg.host, port=scfg.port, log_level="warning" if not args.verbose else "info")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo  # TensorFlow: loaded only by the commands that need it
 
@@ -627,6 +685,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "export": cmd_export,
     "change": cmd_change,
     "demo": cmd_demo,
+    "serve": cmd_serve,
 }
 
 

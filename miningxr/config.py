@@ -338,8 +338,47 @@ class ChangeConfig:
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    """The map and query server (:mod:`miningxr.serve`).
+
+    Attributes
+    ----------
+    host
+        Address to bind: loopback unless told otherwise (``0.0.0.0`` serves every interface).
+    port
+        TCP port.
+    threshold
+        Probability at or above which a pixel counts as mined (``/mining``, the onset layer).
+    stretch
+        Reflectance shown as full brightness in the imagery layers (0 is black).
+    max_tile_pixels
+        Most source pixels one map tile may read; a tile that needs more is refused (413) and
+        names the zoom to use (there are no overviews: a far-out tile would read whole shards).
+    max_query_pixels
+        Most pixels one ``/mining`` query may read.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    threshold: float = 0.5
+    stretch: float = 0.3
+    max_tile_pixels: int = 4096 * 4096
+    max_query_pixels: int = 8192 * 8192
+
+    def __post_init__(self) -> None:
+        _check_types(self, "serve")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"[serve] port (--port) must be in 1..65535, got {self.port}")
+        if not 0 <= self.threshold <= 1:
+            raise ConfigError(f"[serve] threshold must be in [0, 1], got {self.threshold}")
+        if not self.stretch > 0:
+            raise ConfigError(f"[serve] stretch must be > 0 (a reflectance, e.g. 0.3), got {self.stretch}")
+        _at_least(self, 1, "max_tile_pixels", "max_query_pixels")
+
+
+@dataclass(frozen=True)
 class Config:
-    """All sections: ``store``, ``synthetic``, ``tiles``, ``train``, ``predict`` and ``change``."""
+    """All sections: ``store``, ``synthetic``, ``tiles``, ``train``, ``predict``, ``change`` and ``serve``."""
 
     store: StoreLayout = field(default_factory=StoreLayout)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -347,6 +386,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     change: ChangeConfig = field(default_factory=ChangeConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def __post_init__(self) -> None:
         # the model trains on the tiles the index cuts: two sizes cannot both hold

@@ -504,7 +504,7 @@ def write_predictions(
     chunk = int(max(pred.chunks[-2])) if pred.chunks else 512
     if not isinstance(data, da.Array):  # computed predictions: written block by block all the same
         data = da.from_array(data, chunks=(1, chunk, chunk))
-    shard = 2048 if 2048 % chunk == 0 else chunk
+    shard = PREDICTION_SHARD if PREDICTION_SHARD % chunk == 0 else chunk
     model = _model_record(pred.attrs)
     if _check_prediction_store(loc, model, force):
         loc.delete()  # --force with another model: its predictions are replaced, not mixed
@@ -649,6 +649,23 @@ def prediction_regions(path: Where) -> dict[str, GridSlice]:
     shard = int(meta["shard"])
     rects = sparse_cover(zip(done.shard_row, done.shard_col, strict=True), shard)
     return {region_name(r, shard): r for r in rects}
+
+
+#: the side of a prediction store's shards (one task, one file each), where its chunks divide it
+PREDICTION_SHARD = 2048
+
+
+def predicted_shards(path: Where, year: int) -> tuple[int, set[tuple[int, int]]]:
+    """The shard side of a prediction store and the shards that hold a prediction of ``year``
+    (:data:`PREDICTION_SHARD` and none for a store not made yet)."""
+    loc = as_location(path, what="the prediction store")
+    if loc.read_bytes("zarr.json") is None:
+        return PREDICTION_SHARD, set()
+    shard = int(_prediction_meta(path)["shard"])
+    with Catalog(path, readonly=True) as cat:
+        done = cat.shards("mining_probability", state="done")
+    done = done[done.year == int(year)]
+    return shard, {(int(r), int(c)) for r, c in zip(done.shard_row, done.shard_col, strict=True)}
 
 
 def predicted_extent(path: Where) -> GridSlice | None:

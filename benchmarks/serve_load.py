@@ -1,6 +1,6 @@
 """A bounded load test of ``miningxr serve``: N tile requests from K concurrent clients on loopback.
 
-Used by ``benchmarks/run.py --only serve`` and by the slow test of tests/test_serve.py.
+Used by ``benchmarks/run.py --only serve`` and by the slow test of tests/test_server.py.
 """
 
 from __future__ import annotations
@@ -13,7 +13,13 @@ import httpx
 import numpy as np
 
 
-def tile_paths(regions, n: int = 200, zooms=(11, 12, 13), layers=("truecolor", "falsecolor", "truth", "probability", "onset"), year: int = 2020) -> list[str]:
+def tile_paths(
+    regions,
+    n: int = 200,
+    zooms=(11, 12, 13),
+    layers=("truecolor", "falsecolor", "truth", "probability", "onset"),
+    year: int = 2020,
+) -> list[str]:
     """``n`` distinct-as-possible tile paths over ``regions`` (GridSlices), cycling layers and zooms."""
     import morecantile
 
@@ -27,7 +33,9 @@ def tile_paths(regions, n: int = 200, zooms=(11, 12, 13), layers=("truecolor", "
     i = 0
     while len(paths) < n:
         z, x, y = tiles[i % len(tiles)]
-        layer = layers[(i // len(tiles)) % len(layers)] if len(paths) >= len(tiles) else layers[i % len(layers)]
+        layer = (
+            layers[(i // len(tiles)) % len(layers)] if len(paths) >= len(tiles) else layers[i % len(layers)]
+        )
         paths.append(f"/tiles/{layer}/{z}/{x}/{y}.png?year={year}")
         i += 1
     return paths

@@ -26,6 +26,7 @@ from .config import (
     ChangeConfig,
     Config,
     PredictConfig,
+    ServeConfig,
     StoreLayout,
     SyntheticConfig,
     TileConfig,
@@ -39,6 +40,7 @@ from .ingest import IngestPlan, ingest, plan
 from .labels import mining_mask, read_polygons, write_mask
 from .loader import training_dataset
 from .predict import open_predictions, predict, write_predictions
+from .server import MiningServer, serve, serve_app
 from .shards import IngestReport, status
 from .sources import open_landsat
 from .store import open_regions, open_store, store_regions
@@ -84,8 +86,10 @@ __all__ = [
     "GridSlice",
     "IngestPlan",
     "IngestReport",
+    "MiningServer",
     "PredictConfig",
     "Region",
+    "ServeConfig",
     "StoreLayout",
     "SyntheticConfig",
     "TileConfig",
@@ -109,6 +113,8 @@ __all__ = [
     "plan",
     "predict",
     "read_polygons",
+    "serve",
+    "serve_app",
     "status",
     "store_regions",
     "tile_index",

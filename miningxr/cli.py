@@ -31,6 +31,7 @@ from .jsonio import json_dumps
 from .labels import parse_columns, read_polygons, write_mask
 from .paths import local_path, staged
 from .predict import open_predictions, predict, write_predictions
+from .server import serve
 from .shards import failures, status
 from .sources import SOURCES
 from .sources.stac import PRESETS
@@ -131,7 +132,9 @@ def _common(p: argparse.ArgumentParser, scheduler: str | None = _LOCAL_CLUSTER_H
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
     p.add_argument(
-        "--config", metavar="TOML", help="a config file (sections store, synthetic, tiles, train, predict, change, serve)"
+        "--config",
+        metavar="TOML",
+        help="a config file (sections store, synthetic, tiles, train, predict, change, serve)",
     )
 
 
@@ -642,31 +645,18 @@ def cmd_change(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import MiningServer, serve_app
-
     cfg = _config(args)
-    scfg = dataclasses.replace(
-        cfg.serve,
-        **{k: v for k, v in {"host": args.host, "port": args.port, "threshold": args.threshold}.items() if v is not None},
+    flags = {"host": args.host, "port": args.port, "threshold": args.threshold}
+    scfg = dataclasses.replace(cfg.serve, **{k: v for k, v in flags.items() if v is not None})
+    serve(
+        args.store,
+        args.predictions,
+        args.model,
+        config=scfg,
+        predict_config=cfg.predict,
+        change_config=dataclasses.replace(cfg.change, threshold=scfg.threshold),
+        scheduler=args.scheduler,
     )
-    with dask_client(args.scheduler) as client:
-        server = MiningServer(
-            args.store,
-            args.predictions,
-            args.model,
-            config=scfg,
-            predict_config=cfg.predict,
-            change_config=dataclasses.replace(cfg.change, threshold=scfg.threshold),
-        )
-        app = serve_app(server)
-        import uvicorn
-
-        print(
-            f"miningxr serve: http://{scfg.host}:{scfg.port}/ (the map), /docs (the API); "
-            f"Dask dashboard {client.dashboard_link}; Ctrl-C stops",
-            file=sys.stderr,
-        )
-        uvicorn.run(app, host=scfg.host, port=scfg.port, log_level="warning" if not args.verbose else "info")
     return 0
 
 

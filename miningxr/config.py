@@ -339,7 +339,7 @@ class ChangeConfig:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """The map and query server (:mod:`miningxr.serve`).
+    """The map and query server (:mod:`miningxr.server`).
 
     Attributes
     ----------

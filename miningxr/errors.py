@@ -31,6 +31,7 @@ __all__ = [
     "SourceError",
     "StoreError",
     "TileError",
+    "TooLargeError",
     "UsageError",
     "YearError",
 ]
@@ -46,6 +47,11 @@ class ConfigError(MiningxrError):
 
 class UsageError(MiningxrError):
     """Arguments that do not go together (a command-line flag without the one it needs)."""
+
+
+class TooLargeError(UsageError):
+    """A request that would read more than a server allows (a far-out map tile, a huge bbox);
+    the message names what to ask instead (HTTP 413)."""
 
 
 class MissingDependencyError(MiningxrError, ImportError):

@@ -18,7 +18,12 @@
     [Math.min(...b.map((x) => x[1])), Math.min(...b.map((x) => x[0]))],
     [Math.max(...b.map((x) => x[3])), Math.max(...b.map((x) => x[2]))]
   );
-  map.fitBounds(bounds);
+  // each region's own view (a sparse store's regions can lie on two continents)
+  const pick = document.getElementById("region");
+  const boxOf = (r) => L.latLngBounds([r.bbox[1], r.bbox[0]], [r.bbox[3], r.bbox[2]]);
+  for (const r of info.regions) pick.add(new Option(`${r.name} (${r.years[0]}–${r.years[r.years.length - 1]})`, r.name));
+  pick.addEventListener("change", () => map.fitBounds(boxOf(info.regions.find((r) => r.name === pick.value))));
+  map.fitBounds(boxOf(info.regions[0]));
 
   const url = (name) => `/tiles/${name}/{z}/{x}/{y}.png` + (info.layers[name].year ? `?year=${year()}` : "");
   const layers = {};

@@ -27,16 +27,19 @@ one shard at a time (a shard asked for twice at once is predicted once), and cac
 prediction store. Every read runs on the Dask cluster the server was started with.
 """
 
-from __future__ import annotations
 
+# no `from __future__ import annotations` here: FastAPI reads the annotations of the route
+# functions (a Request, the query types) at run time, in the scope they are defined in
 import contextlib
 import io
 import json
 import logging
 import math
 import socket
+import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -47,6 +50,7 @@ import xarray as xr
 
 from .catalog import Catalog
 from .change import consistent_mining, onset_year
+from .cluster import dask_client
 from .config import ChangeConfig, PredictConfig, ServeConfig
 from .errors import (
     MiningxrError,
@@ -54,6 +58,7 @@ from .errors import (
     ModelError,
     RegionError,
     StoreError,
+    TooLargeError,
     UsageError,
     YearError,
 )
@@ -87,11 +92,15 @@ TILE = 256
 _CF_ENCODING = ("dtype", "scale_factor", "add_offset", "_FillValue", "units", "calendar")
 #: colour of the truth layer (RGBA)
 TRUTH_RGBA = (255, 214, 0, 200)
-_HTTP_STATUS = {YearError: 404, StoreError: 404, ModelError: 409, RegionError: 422, UsageError: 422}
-
-
-class TileTooBigError(UsageError):
-    """A map tile or query that would read more source pixels than the server allows."""
+#: the HTTP status of each error a request can meet (the first match counts; others are 400)
+_HTTP_STATUS = {
+    TooLargeError: 413,
+    YearError: 404,
+    StoreError: 404,
+    ModelError: 409,
+    RegionError: 422,
+    UsageError: 422,
+}
 
 
 def _require() -> Any:
@@ -192,6 +201,8 @@ class MiningServer:
         region = self.regions[name]
         ds = open_store(self.store, region=region.gslice)
         out = xr.Dataset({"landsat": ds["landsat"]}, attrs={"title": f"miningxr {name}", "region": name})
+        # band names as Zarr v3's variable-length strings (numpy's fixed-width <U has no v3 spec)
+        out = out.assign_coords(band=out["band"].astype(object))
         if _has_shards(self.store, "mining", region.gslice, self.shard):
             out["mining"] = ds["mining"]
         prob = self._probability(ds)
@@ -255,7 +266,7 @@ class MiningServer:
                     log.info("predicting %d on demand: %s", year, part.describe())
                     ds = open_store(self.store, region=part, years=[year])
                     prob = predict(ds, self.model, config=self.predict_config)
-                    write_predictions(prob, self.predictions, progress=False, dtype=self.predict_config.dtype)  # type: ignore[arg-type]
+                    write_predictions(prob, self.predictions, progress=False, dtype=self.predict_config.dtype)
                     made = True
                 if made:  # before the shard's lock opens: who waited on it reads the new data
                     self._refresh()
@@ -315,7 +326,7 @@ class MiningServer:
             step = max(1, math.floor(rr.scale)) if rr.scale > 1.5 else 1
             if npx > self.config.max_tile_pixels:
                 need = z + math.ceil(math.log2(math.sqrt(npx / self.config.max_tile_pixels)))
-                raise TileTooBigError(
+                raise TooLargeError(
                     f"tile {z}/{x}/{y} would read {npx:,} pixels (the limit is "
                     f"{self.config.max_tile_pixels:,}: there are no overviews); zoom in to {need} or more"
                 )
@@ -386,7 +397,7 @@ class MiningServer:
             )
         npx = gslice.shape[0] * gslice.shape[1]
         if npx > self.config.max_query_pixels:
-            raise TileTooBigError(
+            raise TooLargeError(
                 f"bbox {list(bbox)} covers {npx:,} pixels, more than one query reads "
                 f"({self.config.max_query_pixels:,}); ask for a smaller bbox"
             )
@@ -555,7 +566,7 @@ def _pixel_at(lon: float, lat: float) -> GridSlice:
     if not (math.isfinite(lon) and math.isfinite(lat) and -180 <= lon <= 180 and -90 <= lat <= 90):
         raise RegionError(f"lon {lon}, lat {lat} is not a place: lon in -180..180, lat in -90..90")
     x, y = Transformer.from_crs("EPSG:4326", "EPSG:6933", always_xy=True).transform(lon, lat)
-    col, row = (int(math.floor(v)) for v in ~pixel_affine() @ (x, y))
+    col, row = (math.floor(v) for v in ~pixel_affine() @ (x, y))
     return GridSlice(row, row + 1, col, col + 1)
 
 
@@ -601,11 +612,16 @@ def _polygons(mined: np.ndarray, onset: np.ndarray, part: GridSlice) -> list[dic
         return []
     import geopandas as gpd
     import shapely
+    from rasterio.errors import NotGeoreferencedWarning
     from rasterio.features import shapes
 
     labels = np.where(onset > 0, onset, 1).astype(np.int32)
     geoms, props = [], []
-    for geom, value in shapes(labels, mask=mined, transform=pixel_affine(part.row0, part.col0)):
+    with warnings.catch_warnings():
+        # GDAL's in-memory copy of the mask has no transform of its own (the labels' is given)
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        found = list(shapes(labels, mask=mined, transform=pixel_affine(part.row0, part.col0)))
+    for geom, value in found:
         geoms.append(shapely.geometry.shape(geom))
         props.append(int(value) if value > 1 else None)
     gdf = gpd.GeoDataFrame({"onset_year": props}, geometry=geoms, crs="EPSG:6933")
@@ -618,7 +634,9 @@ def _parse_bbox(bbox: str) -> tuple[float, float, float, float]:
     try:
         values = [float(v) for v in bbox.split(",")]
     except ValueError:
-        raise UsageError(f"bbox={bbox!r} is not four numbers W,S,E,N (lon/lat), e.g. 29.0,-26.0,29.1,-25.9") from None
+        raise UsageError(
+            f"bbox={bbox!r} is not four numbers W,S,E,N (lon/lat), e.g. 29.0,-26.0,29.1,-25.9"
+        ) from None
     if len(values) != 4:
         raise UsageError(f"bbox={bbox!r} has {len(values)} numbers; give four: W,S,E,N (lon/lat)")
     Region.from_bbox(values)  # the same checks as everywhere: order, range, antimeridian
@@ -635,26 +653,27 @@ def serve_app(server: MiningServer) -> Any:
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
+    from xpublish import Plugin, hookimpl
 
-    class Datasets(xpublish.Plugin):  # type: ignore[misc]
+    class Datasets(Plugin):
         """The store's regions, rebuilt when on-demand predictions change one."""
 
         name: str = "miningxr-datasets"
 
-        @xpublish.hookimpl  # type: ignore[misc]
+        @hookimpl
         def get_datasets(self) -> list[str]:
             return list(server.regions)
 
-        @xpublish.hookimpl  # type: ignore[misc]
+        @hookimpl
         def get_dataset(self, dataset_id: str) -> xr.Dataset | None:
             return server._datasets.get(dataset_id)
 
-    class MiningPlugin(xpublish.Plugin):  # type: ignore[misc]
+    class MiningPlugin(Plugin):
         """The map tiles, the mining and point queries, the region list and the web page."""
 
         name: str = "miningxr"
 
-        @xpublish.hookimpl  # type: ignore[misc]
+        @hookimpl
         def app_router(self, deps: Any) -> APIRouter:
             router = APIRouter()
 
@@ -712,9 +731,14 @@ def serve_app(server: MiningServer) -> Any:
 
             return router
 
+    from xpublish.plugins.included.dataset_info import DatasetInfoPlugin
+    from xpublish.plugins.included.module_version import ModuleVersionPlugin
+
     rest = xpublish.Rest(
         {},
-        plugins={
+        plugins={  # xpublish's own listing of datasets and versions, its Zarr v3 plugin, ours
+            "dataset_info": DatasetInfoPlugin(),
+            "module_version": ModuleVersionPlugin(),
             "datasets": Datasets(),
             "zarr": xpublish_zarr.ZarrPlugin(),
             "miningxr": MiningPlugin(),
@@ -725,8 +749,6 @@ def serve_app(server: MiningServer) -> Any:
 
     async def refused(request: Request, exc: Exception) -> JSONResponse:
         status = next((s for k, s in _HTTP_STATUS.items() if isinstance(exc, k)), 400)
-        if isinstance(exc, TileTooBigError):
-            status = 413
         return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, status_code=status)
 
     async def missing_chunk(request: Request, exc: Exception) -> Response:
@@ -781,18 +803,30 @@ def serve(
     config: ServeConfig | None = None,
     predict_config: PredictConfig | None = None,
     change_config: ChangeConfig | None = None,
+    scheduler: str | None = None,
 ) -> None:
     """Serve ``store`` (and its predictions) until interrupted: see the module for the routes.
 
-    Binds ``config.host`` (loopback by default) and ``config.port``. Runs the reads on the
-    current Dask client (start one, or use ``miningxr serve --scheduler``).
+    Binds ``config.host`` (loopback by default) and ``config.port``. The reads run on the Dask
+    cluster at ``scheduler``, the current client, or a new LocalCluster (its dashboard link is
+    printed). Everything is checked before the port opens.
     """
     import uvicorn
 
     cfg = config or ServeConfig()
-    server = MiningServer(
-        store, predictions, model, config=cfg, predict_config=predict_config, change_config=change_config
-    )
-    app = serve_app(server)
-    log.info("serving %s on http://%s:%d/ (regions %s)", store, cfg.host, cfg.port, ", ".join(server.regions))
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+    with dask_client(scheduler) as client:
+        server = MiningServer(
+            store, predictions, model, config=cfg, predict_config=predict_config, change_config=change_config
+        )
+        app = serve_app(server)
+        print(
+            f"miningxr serve: http://{cfg.host}:{cfg.port}/ (the map), /docs (the API), regions "
+            f"{', '.join(server.regions)}; Dask dashboard {client.dashboard_link}; Ctrl-C stops",
+            file=sys.stderr,
+        )
+        uvicorn.run(
+            app,
+            host=cfg.host,
+            port=cfg.port,
+            log_level="info" if log.isEnabledFor(logging.DEBUG) else "warning",
+        )

@@ -644,6 +644,51 @@ def bench_change(work: Path) -> list[dict]:
     return rows
 
 
+def bench_serve(work: Path, store: Path, model_path: Path, region) -> list[dict]:
+    """``miningxr serve`` under load: 200 XYZ tile requests (every layer, zooms 11-13) from 8
+    clients over loopback HTTP, against the same tiles rendered one after the other in-process
+    (``MiningServer.tile``, no HTTP): what the HTTP stack and concurrency give or cost."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from serve_load import load, tile_paths
+
+    import miningxr
+    from miningxr.server import MiningServer, running, serve_app
+
+    pred = work / "serve-p.zarr"
+    if not pred.exists():
+        miningxr.write_predictions(
+            miningxr.predict(miningxr.open_store(store), model_path), pred, progress=False
+        )
+    server = MiningServer(store, pred)
+    paths = tile_paths([region], n=200, year=2020)
+
+    def in_process():
+        for p in paths:
+            layer, z, x, rest = p.split("/")[2:6]
+            server.tile(layer, int(z), int(x), int(rest.split(".")[0]), 2020)
+
+    in_process()  # warm: imports, first reads
+    t0 = time.perf_counter()
+    in_process()
+    base = len(paths) / (time.perf_counter() - t0)
+    with running(serve_app(server)) as url:
+        load(url, paths[:16], clients=8)  # warm
+        stats = load(url, paths, clients=8)
+    if stats["errors"]:
+        raise RuntimeError(f"the load test had {stats['errors']} failed requests: {stats}")
+    note = f"p50 {stats['p50_s'] * 1000:.0f} ms, p95 {stats['p95_s'] * 1000:.0f} ms, 0 errors of {stats['requests']}"
+    return [
+        _result(
+            "serve: tiles/s, 8 HTTP clients vs in-process one by one",
+            stats["tiles_per_s"],
+            base,
+            "tiles/s",
+            0.8,
+            note=note,
+        )
+    ]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -660,6 +705,7 @@ def main(argv=None) -> int:
             "sparse",
             "demo",
             "change",
+            "serve",
         ],
     )
     p.add_argument("--out", default="benchmarks/results")
@@ -673,7 +719,19 @@ def main(argv=None) -> int:
 
     only = set(
         args.only
-        or ["plan", "ingest", "masks", "loader", "loader_s3", "predict", "window", "sparse", "demo", "change"]
+        or [
+            "plan",
+            "ingest",
+            "masks",
+            "loader",
+            "loader_s3",
+            "predict",
+            "window",
+            "sparse",
+            "demo",
+            "change",
+            "serve",
+        ]
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -709,6 +767,11 @@ def main(argv=None) -> int:
             results.append(bench_compact_predictions(work, store, model_path))
         if "window" in only:
             results += bench_window(work, store)
+        if "serve" in only:
+            model_path = work / "m.keras"
+            if not model_path.exists():
+                miningxr.build_unet(TrainConfig(base_filters=16), stats=index.attrs["stats"]).save(model_path)
+            results += bench_serve(work, store, model_path, region)
         if "sparse" in only:
             results.append(bench_sparse(work))
         if "demo" in only:

@@ -602,7 +602,7 @@ def png(rgba: np.ndarray) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
+    Image.fromarray(rgba, "RGBA").save(buf, format="PNG", compress_level=1)  # speed over bytes
     return buf.getvalue()
 
 

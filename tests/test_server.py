@@ -347,6 +347,7 @@ def test_browser_shows_the_mining_layer(served, tmp_path):
         page.wait_for_load_state("networkidle", timeout=120_000)
         page.mouse.click(500, 400)
         page.wait_for_selector(".pixel", timeout=60_000)
+        page.wait_for_timeout(600)  # the popup fades in
         assert "probability" in page.locator(".pixel").inner_text()
         page.screenshot(path=str(out))
         browser.close()

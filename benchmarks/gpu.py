@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         device = "CPU (no GPU found)" if not gpus else "CPU (--cpu)"
         cfg = TrainConfig(base_filters=8, depth=2, batch_size=32)
-        shards, steps = (1, 1), 20
+        shards, steps = (1, 1), 12
         print(
             "benchmarks/gpu.py: no GPU, so a small CPU version (base 8, depth 2, float32): "
             "the figures keep the script working and say nothing about an accelerator",

@@ -689,24 +689,28 @@ def bench_serve(work: Path, store: Path, model_path: Path, region) -> list[dict]
     ]
 
 
+#: every benchmark, in the order they run (``--only`` picks some)
+BENCHMARKS = [
+    "plan",
+    "ingest",
+    "masks",
+    "loader",
+    "loader_s3",
+    "predict",
+    "window",
+    "sparse",
+    "demo",
+    "change",
+    "serve",
+]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--only",
         nargs="*",
-        choices=[
-            "plan",
-            "ingest",
-            "masks",
-            "loader",
-            "loader_s3",
-            "predict",
-            "window",
-            "sparse",
-            "demo",
-            "change",
-            "serve",
-        ],
+        choices=BENCHMARKS,
     )
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
@@ -717,22 +721,7 @@ def main(argv=None) -> int:
     from miningxr.grid import Region
     from miningxr.sources.synthetic import mine_polygons
 
-    only = set(
-        args.only
-        or [
-            "plan",
-            "ingest",
-            "masks",
-            "loader",
-            "loader_s3",
-            "predict",
-            "window",
-            "sparse",
-            "demo",
-            "change",
-            "serve",
-        ]
-    )
+    only = set(args.only or BENCHMARKS)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="miningxr-bench-"))

@@ -198,6 +198,7 @@ miningxr demo: synthetic region of {n_shards} shard(s) ({region.shape[0]}x{regio
   dashboard    {dashboard}
   outputs      {out}/ (report.json, map.png, tiles.png, exports/, run/model.keras{"" if args.store else ", store.zarr, predictions.zarr"})
   stores       {store}, {pred_store}
+  on a map     miningxr serve --store {store} --predictions {pred_store}
 """)
     return 0
 

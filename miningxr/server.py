@@ -27,7 +27,6 @@ one shard at a time (a shard asked for twice at once is predicted once), and cac
 prediction store. Every read runs on the Dask cluster the server was started with.
 """
 
-
 # no `from __future__ import annotations` here: FastAPI reads the annotations of the route
 # functions (a Request, the query types) at run time, in the scope they are defined in
 import contextlib
@@ -39,7 +38,6 @@ import socket
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -612,16 +610,15 @@ def _polygons(mined: np.ndarray, onset: np.ndarray, part: GridSlice) -> list[dic
         return []
     import geopandas as gpd
     import shapely
-    from rasterio.errors import NotGeoreferencedWarning
     from rasterio.features import shapes
 
-    labels = np.where(onset > 0, onset, 1).astype(np.int32)
+    # 0 where not mined, 1 mined in no sustained onset year, else the onset year; no mask
+    # argument: GDAL's in-memory copy of one has no transform and warns (from any thread)
+    labels = np.where(mined, np.where(onset > 0, onset, 1), 0).astype(np.int32)
     geoms, props = [], []
-    with warnings.catch_warnings():
-        # GDAL's in-memory copy of the mask has no transform of its own (the labels' is given)
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        found = list(shapes(labels, mask=mined, transform=pixel_affine(part.row0, part.col0)))
-    for geom, value in found:
+    for geom, value in shapes(labels, transform=pixel_affine(part.row0, part.col0)):
+        if value == 0:
+            continue
         geoms.append(shapely.geometry.shape(geom))
         props.append(int(value) if value > 1 else None)
     gdf = gpd.GeoDataFrame({"onset_year": props}, geometry=geoms, crs="EPSG:6933")

@@ -37,9 +37,9 @@ def _fit_tiles_per_second(model, make, steps: int, batch: int) -> float:
     """Tiles/s of ``model.fit`` over ``steps`` batches of a fresh pipeline, after a warm-up
     epoch (tracing, the first reads)."""
     ds = make()
-    model.fit(ds, steps_per_epoch=max(2, steps // 4), epochs=1, verbose=0)
+    model.fit(ds, steps_per_epoch=max(2, steps // 4), epochs=1, verbose=0, shuffle=False)
     t0 = time.perf_counter()
-    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)  # tf.data shuffles
     return steps * batch / (time.perf_counter() - t0)
 
 

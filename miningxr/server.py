@@ -160,23 +160,20 @@ class MiningServer:
         self.predict_config = predict_config or PredictConfig()
         self.change_config = change_config or ChangeConfig(threshold=self.config.threshold)
         self.shard = store_layout(store).shard
-        held = {}
-        for gslice in store_regions(store):
-            years = tuple(int(y) for y in open_store(store, region=gslice).year.values)
-            held[region_name(gslice, self.shard)] = _Region(region_name(gslice, self.shard), gslice, years)
-        if not held:
+        opened = {region_name(g, self.shard): open_store(store, region=g) for g in store_regions(store)}
+        if not opened:
             raise StoreError(f"{store} holds no ingested shard yet: run `miningxr ingest` first")
-        self.regions = held
+        self.regions = {
+            name: _Region(name, GridSlice.of_coords(ds), tuple(int(y) for y in ds.year.values))
+            for name, ds in opened.items()
+        }
         if self.model is not None:  # a model that does not fit the store is refused before serving
-            first = next(iter(held.values()))
-            check_compatible(self.model, open_store(store, region=first.gslice))
+            check_compatible(self.model, next(iter(opened.values())))
         self._lock = threading.Lock()
         self._shard_locks: dict[tuple[int, int, int], threading.Lock] = {}
-        self._datasets: dict[str, xr.Dataset] = {}
         self._version = 0
         self.on_change: list[Any] = []  # called after on-demand predictions change a dataset
-        for name in held:
-            self._datasets[name] = self._build(name)
+        self._datasets = {name: self._build(name, ds) for name, ds in opened.items()}
 
     # ---- the datasets -----------------------------------------------------------------------
     @property
@@ -195,9 +192,10 @@ class MiningServer:
                 f"no region {name!r} in {self.store}; the regions are {sorted(self.regions)}"
             ) from None
 
-    def _build(self, name: str) -> xr.Dataset:
+    def _build(self, name: str, ds: xr.Dataset | None = None) -> xr.Dataset:
         region = self.regions[name]
-        ds = open_store(self.store, region=region.gslice)
+        if ds is None:
+            ds = open_store(self.store, region=region.gslice)
         out = xr.Dataset({"landsat": ds["landsat"]}, attrs={"title": f"miningxr {name}", "region": name})
         # band names as Zarr v3's variable-length strings (numpy's fixed-width <U has no v3 spec)
         out = out.assign_coords(band=out["band"].astype(object))

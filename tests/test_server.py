@@ -130,7 +130,7 @@ def test_mining_endpoint_matches_evaluate(served, two_regions, two_region_predic
     path, regions = two_regions
     bb = regions[0].geobox.geographic_extent.boundingbox
     bbox = f"{bb.left},{bb.bottom},{bb.right},{bb.top}"
-    got = httpx.get(f"{url}/mining", params={"bbox": bbox, "year": 2020}, timeout=60).json()
+    got = httpx.get(f"{url}/mining", params={"bbox": bbox, "year": 2020}, timeout=300).json()
     ds = open_store(path, region=regions[0])
     report = evaluate(path, open_predictions(two_region_predictions, ds, year=2020), split="all")
     assert got["regions"] == [region_name(regions[0], SHARD)]

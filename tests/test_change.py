@@ -251,14 +251,20 @@ def test_change_accuracy_refuses_a_truth_of_other_years():
         change_accuracy(consistent_mining(a), _cube(np.zeros((3, 1, 1)), [2001, 2002, 2003]))
 
 
-def test_change_of_nothing_mined_says_so_and_exits_2(two_regions, two_region_predictions, tmp_path, capsys):
+def test_change_of_nothing_mined_says_so_and_exits_2(two_regions, two_region_model, tmp_path, capsys):
+    from miningxr import open_store, predict, write_predictions
     from miningxr.change import change, summary
     from miningxr.cli import main
 
-    # the untrained model never reaches 1: nothing is mined in any year
-    table = change(two_region_predictions, config=ChangeConfig(threshold=1.0))
+    # predictions that are zero everywhere, both years (an untrained model's own may reach 1.0
+    # once rounded to the store's 1/250 steps, so they are not left to chance)
+    path, slices = two_regions
+    nothing = tmp_path / "p.zarr"
+    pred = predict(open_store(path, slices[0], years=[2019, 2020]), two_region_model)
+    write_predictions(xr.zeros_like(pred), nothing, progress=False)
+    table = change(nothing, config=ChangeConfig(threshold=1.0))
     assert table.empty and summary(table)["years"] is None
     out = tmp_path / "change"
-    command = f"change --predictions {two_region_predictions} --out {out} --threshold 1.0 -q"
+    command = f"change --predictions {nothing} --out {out} --threshold 1.0 -q"
     assert main(command.split()) == 2
     assert "no pixel counts as mined in any year at threshold 1.0" in capsys.readouterr().err

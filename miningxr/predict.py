@@ -196,24 +196,97 @@ def _depth(model: keras.Model) -> int:
     return sum(1 for layer in model.layers if layer.name.startswith("pool"))
 
 
-@functools.lru_cache(maxsize=4)
-def _window_model_of(ref: str) -> keras.Model:
-    return window_model(_resolve(ref))
+@functools.lru_cache(maxsize=8)
+def _inference_of(ref: str, any_size: bool) -> keras.Model:
+    return inference_model(_resolve(ref), any_size=any_size)
 
 
-def window_model(model: keras.Model) -> keras.Model:
-    """The same network and weights on inputs of any height and width (the UNet is fully
-    convolutional; only its input layer names the tile size)."""
-    import copy
+def _history(obj: Any) -> list[str]:
+    """The names of the layers whose outputs a layer config's ``inbound_nodes`` takes."""
+    if isinstance(obj, dict):
+        if "keras_history" in obj:
+            return [obj["keras_history"][0]]
+        return [name for v in obj.values() for name in _history(v)]
+    if isinstance(obj, list):
+        return [name for v in obj for name in _history(v)]
+    return []
 
-    config = copy.deepcopy(model.get_config())
-    for layer in config["layers"]:
-        if layer["class_name"] == "InputLayer":
-            shape = layer["config"]["batch_shape"]
-            layer["config"]["batch_shape"] = [None, None, None, shape[-1]]
+
+def _renamed(obj: Any, alias: dict[str, str]) -> Any:
+    """``obj`` with each ``keras_history`` pointing past the layers ``alias`` removes."""
+    if isinstance(obj, dict):
+        if "keras_history" in obj:
+            name = obj["keras_history"][0]
+            while name in alias:
+                name = alias[name]
+            return {**obj, "keras_history": [name, *obj["keras_history"][1:]]}
+        return {k: _renamed(v, alias) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_renamed(v, alias) for v in obj]
+    return obj
+
+
+def _foldable(norm: dict[str, Any]) -> bool:
+    """Whether a batch normalization's config is the per-channel affine map folding assumes."""
+    return bool(norm.get("center", True) and norm.get("scale", True)) and norm["axis"] in (-1, 3, [-1], [3])
+
+
+def inference_model(model: keras.Model, *, any_size: bool = False) -> keras.Model:
+    """The same network rewritten for prediction: each batch normalization folded into the
+    convolution before it (kernel scaled by ``gamma / sqrt(var + eps)``, a bias added), the
+    ReLU after it fused into that convolution, dropout removed. With ``any_size``, it takes
+    inputs of any height and width (the UNet is fully convolutional; only its input layer
+    names the tile size).
+
+    It computes what ``model`` computes in inference mode, to float rounding, with two thirds
+    of its layers: the convolution, bias and ReLU run as one fused kernel, where batch
+    normalization made two more passes over every feature map.
+    """
+    config = json.loads(json.dumps(model.get_config()))  # lists, not the tuples get_config gives
+    layers = config["layers"]
+    kind = {layer["name"]: layer for layer in layers}
+    users: dict[str, list[str]] = {}
+    for layer in layers:
+        for name in _history(layer["inbound_nodes"]):
+            users.setdefault(name, []).append(layer["name"])
+
+    def only_user(name: str, class_name: str) -> str | None:
+        after = users.get(name, [])
+        if len(after) == 1 and kind[after[0]]["class_name"] == class_name:
+            return after[0]
+        return None
+
+    alias: dict[str, str] = {}  # a removed layer -> the layer whose output replaces its own
+    folded: dict[str, str] = {}  # a convolution -> the batch normalization folded into it
+    for layer in layers:
+        cfg = layer["config"]
+        if layer["class_name"] == "InputLayer" and any_size:
+            cfg["batch_shape"] = [None, None, None, cfg["batch_shape"][-1]]
+        elif layer["class_name"] == "Dropout":
+            alias[layer["name"]] = _history(layer["inbound_nodes"])[0]
+        elif layer["class_name"] == "Conv2D" and cfg.get("activation") in (None, "linear"):
+            last = layer["name"]
+            bn = only_user(last, "BatchNormalization")
+            if bn is not None and _foldable(kind[bn]["config"]):
+                folded[last], alias[bn], cfg["use_bias"], last = bn, last, True, bn
+            relu = only_user(last, "Activation")
+            if relu is not None and kind[relu]["config"]["activation"] == "relu":
+                alias[relu], cfg["activation"] = layer["name"], "relu"
+    config["layers"] = [_renamed(layer, alias) for layer in layers if layer["name"] not in alias]
+    config["output_layers"] = _renamed(config["output_layers"], alias)
     unet = _unet()
     out = type(model).from_config(config, custom_objects={"TileSpec": unet.TileSpec, **unet.CUSTOM_OBJECTS})
-    out.set_weights(model.get_weights())
+    for layer in out.layers:
+        weights = model.get_layer(layer.name).get_weights()
+        if layer.name in folded:
+            norm = model.get_layer(folded[layer.name])
+            gamma, beta, mean, var = (np.asarray(w, np.float64) for w in norm.get_weights())
+            scale = gamma / np.sqrt(var + norm.epsilon)
+            kernel = np.asarray(weights[0], np.float64)
+            bias = np.asarray(weights[1], np.float64) if len(weights) > 1 else np.zeros_like(scale)
+            weights = [kernel * scale, (bias - mean) * scale + beta]
+        if weights:
+            layer.set_weights([np.asarray(w, np.float32) for w in weights])
     return out
 
 
@@ -355,7 +428,12 @@ def predict(
     row_chunks, col_chunks = arr.data.chunks[0], arr.data.chunks[1]
     # a path or URL travels to the workers, which load (and for a URL download) it once each
     model_ref = _model_ref(model) if isinstance(model, (str, os.PathLike, Location)) else m
-    net = window_model(m) if window and not isinstance(model_ref, str) else None
+    # the network with its batch normalization folded in (loaded once per worker from a path)
+    net = inference_model(m, any_size=window) if not isinstance(model_ref, str) else None
+
+    def network() -> keras.Model:
+        return net if net is not None else _inference_of(str(model_ref), window)
+
     mean, std = [float(v) for v in spec.mean], [float(v) for v in spec.std]  # plain lists pickle
 
     def run(x: da.Array) -> da.Array:
@@ -374,7 +452,7 @@ def predict(
             if window:
                 p = predict_window(
                     z,
-                    _window_model_of(model_ref) if net is None else net,
+                    network(),
                     start=(int(rstart[i]), int(cstart[j])),
                     out_shape=(oh, ow),
                     depth=depth,
@@ -383,7 +461,7 @@ def predict(
             else:
                 p = predict_array(
                     z,
-                    model_ref,
+                    network(),
                     origin=(int(rstart[i]) - halo, int(cstart[j]) - halo),
                     out_shape=(oh, ow),
                     overlap=overlap,

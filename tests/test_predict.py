@@ -313,9 +313,9 @@ def test_the_window_halo_covers_the_networks_receptive_field(depth):
     """A pixel changed in the input changes the output only within the halo around it."""
     from miningxr import build_unet
     from miningxr.config import TrainConfig
-    from miningxr.predict import window_halo, window_model
+    from miningxr.predict import inference_model, window_halo
 
-    net = window_model(build_unet(TrainConfig(base_filters=4, depth=depth)))
+    net = inference_model(build_unet(TrainConfig(base_filters=4, depth=depth)), any_size=True)
     x = np.random.default_rng(0).normal(size=(1, 256, 256, 7)).astype("float32")
     before = np.asarray(net.predict_on_batch(x))[0, ..., 0]
     x[0, 128, 128] += 10
@@ -323,3 +323,56 @@ def test_the_window_halo_covers_the_networks_receptive_field(depth):
     rows, cols = np.nonzero(changed)
     reach = max(np.abs(rows - 128).max(), np.abs(cols - 128).max())
     assert 0 < reach <= window_halo(depth) and window_halo(depth) - reach < 2**depth + 2
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_the_inference_model_computes_what_the_model_does_with_fewer_layers(batch_norm):
+    """Batch normalization folded into its convolution, ReLU fused, dropout gone: the same
+    probabilities as the Keras model in inference mode, on tiles and on a whole window."""
+    import keras
+
+    from miningxr import build_unet
+    from miningxr.config import TrainConfig
+    from miningxr.predict import inference_model
+
+    model = build_unet(TrainConfig(base_filters=8, depth=2, dropout=0.2, batch_norm=batch_norm))
+    rng = np.random.default_rng(1)
+    for layer in model.layers:  # statistics far from a fresh layer's 0 and 1, as after training
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.set_weights(
+                [rng.uniform(0.5, 2, n), rng.normal(0, 0.5, n), rng.normal(0, 0.5, n), rng.uniform(0.2, 3, n)]
+            )
+    fast = inference_model(model)
+    kinds = {type(layer).__name__ for layer in fast.layers}
+    assert "BatchNormalization" not in kinds and "Dropout" not in kinds and "Activation" not in kinds
+    gone = ("BatchNormalization", "Dropout", "Activation")
+    assert [layer.name for layer in fast.layers] == [
+        layer.name for layer in model.layers if type(layer).__name__ not in gone
+    ]
+    assert fast.input_shape == model.input_shape
+    tiles = rng.normal(size=(8, 64, 64, 7)).astype("float32")
+    want = np.asarray(model(tiles, training=False))
+    np.testing.assert_allclose(np.asarray(fast.predict_on_batch(tiles)), want, atol=2e-5)
+    window = inference_model(model, any_size=True)
+    big = rng.normal(size=(1, 128, 192, 7)).astype("float32")
+    np.testing.assert_allclose(
+        np.asarray(window.predict_on_batch(big)),
+        np.asarray(model_on_any_size(model)(big, training=False)),
+        atol=2e-5,
+    )
+
+
+def model_on_any_size(model):
+    """The Keras model itself on inputs of any size, by its own config (no folding)."""
+    import copy
+
+    config = copy.deepcopy(model.get_config())
+    for layer in config["layers"]:
+        if layer["class_name"] == "InputLayer":
+            layer["config"]["batch_shape"] = [None, None, None, layer["config"]["batch_shape"][-1]]
+    from miningxr.model import unet
+
+    out = type(model).from_config(config, custom_objects={"TileSpec": unet.TileSpec, **unet.CUSTOM_OBJECTS})
+    out.set_weights(model.get_weights())
+    return out

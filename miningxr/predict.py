@@ -756,6 +756,21 @@ def predicted_extent(path: Where) -> GridSlice | None:
     return GridSlice.covering(zip(done.shard_row, done.shard_col, strict=True), int(meta["shard"]))
 
 
+def predicted_years(path: Where, gslice: GridSlice) -> list[int]:
+    """The years of which a prediction store holds a shard over ``gslice`` (none for a store
+    not made yet)."""
+    if as_location(path, what="the prediction store").read_bytes("zarr.json") is None:
+        return []
+    shard = int(_prediction_meta(path)["shard"])
+    with Catalog(path, readonly=True) as cat:
+        done = cat.shards("mining_probability", state="done")
+    over = [
+        GridSlice.of_shard((r, c), shard).intersection(gslice) is not None
+        for r, c in zip(done.shard_row, done.shard_col, strict=True)
+    ]
+    return sorted({int(y) for y in done.year[over]})
+
+
 def open_predictions(
     path: Where, like: xr.Dataset | xr.DataArray, *, year: int | None = None
 ) -> xr.DataArray:
@@ -764,18 +779,9 @@ def open_predictions(
 
     Refuses, naming both extents, a prediction store that holds nothing over that slice.
     """
-    meta = _prediction_meta(path)
     gslice = GridSlice.of_coords(like)
-    with Catalog(path, readonly=True) as cat:
-        done = cat.shards("mining_probability", state="done")
-    shard = int(meta["shard"])
-    mine = done[
-        [
-            GridSlice.of_shard((r, c), shard).intersection(gslice) is not None
-            for r, c in zip(done.shard_row, done.shard_col, strict=True)
-        ]
-    ]
-    if mine.empty:
+    held = predicted_years(path, gslice)
+    if not held:
         have = predicted_extent(path)
         raise StoreError(
             f"the predictions in {path} do not cover the data asked for: they cover "
@@ -783,7 +789,6 @@ def open_predictions(
             "Predict this region (`miningxr predict --store ... --out ...`) or pass the "
             "store and region the predictions were made for"
         )
-    held = sorted({int(y) for y in mine.year})
     if year is not None and int(year) not in held:
         raise YearError(
             f"the predictions in {path} hold year(s) {held} there, not {year}; predict it "

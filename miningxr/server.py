@@ -61,8 +61,15 @@ from .errors import (
     YearError,
 )
 from .grid import PIXEL_AREA_KM2, GridSlice, Region, pixel_affine
-from .paths import Where, as_location
-from .predict import check_compatible, open_predictions, predict, predicted_shards, write_predictions
+from .paths import Where
+from .predict import (
+    check_compatible,
+    open_predictions,
+    predict,
+    predicted_shards,
+    predicted_years,
+    write_predictions,
+)
 from .store import open_store, region_name, store_layout, store_regions
 
 log = logging.getLogger("miningxr")
@@ -215,14 +222,9 @@ class MiningServer:
         return out.assign_attrs(_xpublish_id=f"{name}@{self._version}")
 
     def _probability(self, ds: xr.Dataset) -> xr.DataArray | None:
-        if self.predictions is None or not as_location(self.predictions).exists("zarr.json"):
+        if self.predictions is None or not predicted_years(self.predictions, GridSlice.of_coords(ds)):
             return None
-        try:
-            return open_predictions(self.predictions, ds)
-        except StoreError as e:
-            if "do not cover" in str(e):
-                return None
-            raise
+        return open_predictions(self.predictions, ds)
 
     def predicted(self, gslice: GridSlice, year: int) -> bool:
         """Whether every prediction shard over ``gslice`` holds ``year``."""

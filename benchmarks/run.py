@@ -652,6 +652,7 @@ def bench_serve(work: Path, store: Path, model_path: Path, region) -> list[dict]
     from serve_load import load, tile_paths
 
     import miningxr
+    from miningxr.config import ServeConfig
     from miningxr.server import MiningServer, running, serve_app
 
     pred = work / "serve-p.zarr"
@@ -659,7 +660,7 @@ def bench_serve(work: Path, store: Path, model_path: Path, region) -> list[dict]
         miningxr.write_predictions(
             miningxr.predict(miningxr.open_store(store), model_path), pred, progress=False
         )
-    server = MiningServer(store, pred)
+    server = MiningServer(store, pred, config=ServeConfig(tile_cache=0))  # every tile rendered
     paths = tile_paths([region], n=200, year=2020)
 
     def in_process():
@@ -674,8 +675,13 @@ def bench_serve(work: Path, store: Path, model_path: Path, region) -> list[dict]
     with running(serve_app(server)) as url:
         load(url, paths[:16], clients=8)  # warm
         stats = load(url, paths, clients=8)
-    if stats["errors"]:
-        raise RuntimeError(f"the load test had {stats['errors']} failed requests: {stats}")
+    cached_server = MiningServer(store, pred)  # the default tile cache
+    with running(serve_app(cached_server)) as url:
+        first = load(url, paths, clients=8)  # renders and keeps them
+        again = load(url, paths, clients=8)  # a map panned back: every tile from the cache
+    for s in (stats, first, again):
+        if s["errors"]:
+            raise RuntimeError(f"the load test had {s['errors']} failed requests: {s}")
     note = f"p50 {stats['p50_s'] * 1000:.0f} ms, p95 {stats['p95_s'] * 1000:.0f} ms, 0 errors of {stats['requests']}"
     return [
         _result(
@@ -685,7 +691,15 @@ def bench_serve(work: Path, store: Path, model_path: Path, region) -> list[dict]
             "tiles/s",
             0.8,
             note=note,
-        )
+        ),
+        _result(
+            "serve: the same 200 tiles again from the tile cache vs their first rendering",
+            again["tiles_per_s"],
+            first["tiles_per_s"],
+            "tiles/s",
+            3.0,
+            note=f"8 HTTP clients; p50 {again['p50_s'] * 1000:.0f} ms from the cache",
+        ),
     ]
 
 

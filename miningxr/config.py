@@ -356,6 +356,9 @@ class ServeConfig:
         names the zoom to use (there are no overviews: a far-out tile would read whole shards).
     max_query_pixels
         Most pixels one ``/mining`` query may read.
+    tile_cache
+        Map tiles kept in memory once rendered (256 px PNGs, a few KB each; 0 renders every
+        request). On-demand predictions change what they show, and start it afresh.
     """
 
     host: str = "127.0.0.1"
@@ -364,9 +367,11 @@ class ServeConfig:
     stretch: float = 0.3
     max_tile_pixels: int = 4096 * 4096
     max_query_pixels: int = 8192 * 8192
+    tile_cache: int = 2048
 
     def __post_init__(self) -> None:
         _check_types(self, "serve")
+        _at_least(self, 0, "tile_cache")
         if not 0 < self.port < 65536:
             raise ConfigError(f"[serve] port (--port) must be in 1..65535, got {self.port}")
         if not 0 <= self.threshold <= 1:

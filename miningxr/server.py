@@ -29,6 +29,7 @@ prediction store. Every read runs on the Dask cluster the server was started wit
 
 # no `from __future__ import annotations` here: FastAPI reads the annotations of the route
 # functions (a Request, the query types) at run time, in the scope they are defined in
+import collections
 import contextlib
 import io
 import json
@@ -179,6 +180,7 @@ class MiningServer:
         self._lock = threading.Lock()
         self._shard_locks: dict[tuple[int, int, int], threading.Lock] = {}
         self._version = 0
+        self._tiles: collections.OrderedDict[tuple[Any, ...], bytes] = collections.OrderedDict()
         self.on_change: list[Any] = []  # called after on-demand predictions change a dataset
         self._datasets = {name: self._build(name, ds) for name, ds in opened.items()}
 
@@ -273,6 +275,7 @@ class MiningServer:
     def _refresh(self) -> None:
         with self._lock:
             self._version += 1
+            self._tiles.clear()  # keyed by version too: a tile rendering now is never kept
             for name in self.regions:
                 self._datasets[name] = self._build(name)
         for hook in self.on_change:
@@ -303,13 +306,30 @@ class MiningServer:
 
     # ---- map tiles ----------------------------------------------------------------------------
     def tile(self, layer: str, z: int, x: int, y: int, year: int | None = None) -> bytes:
-        """One 256 px PNG map tile of ``layer`` (see :data:`LAYERS`) on WebMercatorQuad."""
+        """One 256 px PNG map tile of ``layer`` (see :data:`LAYERS`) on WebMercatorQuad; the
+        last ``tile_cache`` tiles rendered are kept (:class:`~miningxr.config.ServeConfig`)."""
+        spec = _layer(layer)
+        year = self.check_year(year) if spec["year"] else None
+        key = (self._version, layer, z, x, y, year)
+        with self._lock:
+            body = self._tiles.get(key)
+            if body is not None:
+                self._tiles.move_to_end(key)
+                return body
+        body = self._render(layer, z, x, y, year)
+        if self.config.tile_cache:
+            with self._lock:
+                if key[0] == self._version:  # not rendered from data an on-demand run replaced
+                    self._tiles[key] = body
+                    while len(self._tiles) > self.config.tile_cache:
+                        self._tiles.popitem(last=False)
+        return body
+
+    def _render(self, layer: str, z: int, x: int, y: int, year: int | None) -> bytes:
         from odc.geo.overlap import compute_reproject_roi
 
         spec = _layer(layer)
         dst = tile_geobox(z, x, y)
-        if spec["year"]:
-            year = self.check_year(year)
         rgba = np.zeros((TILE, TILE, 4), np.uint8)
         found = False
         for region in self.regions.values():

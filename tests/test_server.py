@@ -192,6 +192,30 @@ def test_bad_parameters_get_a_4xx_that_names_the_fix(served, path, params, statu
     assert says in r.text
 
 
+def test_rendered_tiles_are_kept_until_predictions_change(two_regions, two_region_predictions, client):
+    path, regions = two_regions
+    server = MiningServer(path, two_region_predictions, config=ServeConfig(tile_cache=3))
+    z, x, y = _tile_over(regions[0], 12)
+    with mock.patch.object(server, "_render", wraps=server._render) as render:
+        first = server.tile("probability", z, x, y, 2020)
+        assert server.tile("probability", z, x, y, 2020) == first and render.call_count == 1
+        server.tile("probability", z, x, y, 2019)  # another year is another tile
+        assert render.call_count == 2
+        for dx in (1, 2, 3):  # three more tiles push the oldest out of a cache of three
+            server.tile("truecolor", z, x + dx, y, 2020)
+        assert len(server._tiles) == 3
+        server.tile("probability", z, x, y, 2020)
+        assert render.call_count == 6
+        server._refresh()  # what an on-demand prediction does: nothing rendered before is kept
+        assert not server._tiles
+        assert server.tile("probability", z, x, y, 2020) == first and render.call_count == 7
+    uncached = MiningServer(path, two_region_predictions, config=ServeConfig(tile_cache=0))
+    with mock.patch.object(uncached, "_render", wraps=uncached._render) as render:
+        uncached.tile("truecolor", z, x, y, 2020)
+        uncached.tile("truecolor", z, x, y, 2020)
+        assert render.call_count == 2 and not uncached._tiles
+
+
 def test_a_far_out_tile_is_refused_naming_the_zoom(two_regions, client):
     _, regions = two_regions
     z, x, y = _tile_over(regions[0], 6)

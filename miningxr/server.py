@@ -259,12 +259,20 @@ class MiningServer:
                 if sid in predicted_shards(self.predictions, year)[1]:
                     continue
                 whole = GridSlice.of_shard(sid, shard)
-                for region in self.regions.values():
-                    part = region.gslice.intersection(whole)
-                    if part is None or year not in region.years:
-                        continue
-                    log.info("predicting %d on demand: %s", year, part.describe())
-                    ds = open_store(self.store, region=part, years=[year])
+                parts = [
+                    part
+                    for region in self.regions.values()
+                    if year in region.years and (part := region.gslice.intersection(whole)) is not None
+                ]
+                if parts:  # one write per shard (its catalog entry): every region's part of it
+                    cover = GridSlice(
+                        min(p.row0 for p in parts),
+                        max(p.row1 for p in parts),
+                        min(p.col0 for p in parts),
+                        max(p.col1 for p in parts),
+                    )
+                    log.info("predicting %d on demand: %s", year, cover.describe())
+                    ds = open_store(self.store, region=cover, years=[year])
                     prob = predict(ds, self.model, config=self.predict_config)
                     write_predictions(prob, self.predictions, progress=False, dtype=self.predict_config.dtype)
                     made = True

@@ -282,6 +282,38 @@ def test_on_demand_prediction_equals_predict_and_runs_once_per_shard(
     np.testing.assert_allclose(got, expected, atol=0.5 / 250 + 1e-6)  # the uint8 store's step / 2
 
 
+def test_on_demand_prediction_of_a_shard_two_regions_share(two_region_model, tmp_path, client):
+    """Three small shards in an L inside one 2048 px prediction shard are two regions of the
+    store (two rectangles); predicting that shard on demand predicts both."""
+    from conftest import TWO_PLACES
+
+    from miningxr import ingest
+    from miningxr.config import StoreLayout
+    from miningxr.grid import GridSlice, Region
+
+    lon, lat = TWO_PLACES[0]
+    r, c = Region.from_bbox((lon, lat, lon + 1e-4, lat + 1e-4)).slice(512).shard_ids(512)[0]
+    r, c = r // 4 * 4, c // 4 * 4  # the top-left small shard of a prediction shard
+    path = tmp_path / "l.zarr"
+    for ids in ([(r, c), (r, c + 1)], [(r + 1, c)]):
+        ingest(
+            path, GridSlice.covering(ids, 512), 2020, layout=StoreLayout(chunk=256, shard=512), progress=False
+        )
+    cache = tmp_path / "p.zarr"
+    server = MiningServer(path, cache, two_region_model)
+    assert len(server.regions) == 2
+    made = server.ensure_predicted(GridSlice.covering([(r, c)], 512), 2020)
+    assert made and all(server.predicted(reg.gslice, 2020) for reg in server.regions.values())
+    # what was predicted: the rectangle over both regions in that shard, in one piece
+    cover = GridSlice.covering([(r, c), (r + 1, c + 1)], 512)
+    want = predict(open_store(path, region=cover, years=[2020]), two_region_model, year=2020)
+    for reg in server.regions.values():
+        ds = open_store(path, region=reg.gslice, years=[2020])
+        got = open_predictions(cache, ds, year=2020)
+        assert np.isfinite(got.values).mean() > 0.9, reg.name  # NaN only where the imagery has none
+        np.testing.assert_allclose(got.values, want.sel(y=ds.y, x=ds.x).values, atol=0.5 / 250 + 1e-6)
+
+
 def test_on_demand_needs_a_prediction_store(two_regions, two_region_model, client, capsys):
     from miningxr.cli import main
     from miningxr.errors import UsageError

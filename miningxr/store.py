@@ -211,6 +211,10 @@ def create_atomically(loc: Location, build: Callable[[Location], None]) -> bool:
         Catalog(loc).close()  # the catalog's group first: zarr then sees the marker inside a group
         if not _claim_creation(loc):
             return False  # another process built it meanwhile: use theirs
+        # the root group made create-only, so a second builder (a create-only PUT that a server
+        # did not keep atomic, or a stale claim taken over) opens it instead of racing zarr's
+        # check-then-create (ContainsGroupError)
+        loc.put("zarr.json", ROOT_GROUP, create=True)
         build(loc)
         loc.delete(CREATING)
         return True
@@ -229,6 +233,9 @@ def create_atomically(loc: Location, build: Callable[[Location], None]) -> bool:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
+
+#: an empty Zarr v3 group: the root of a store in object storage before its build fills it
+ROOT_GROUP = b'{"zarr_format": 3, "node_type": "group", "attributes": {}}'
 
 #: a creation marker older than this is of a process that died (a build takes seconds)
 CREATION_STALE_S = 600.0
@@ -481,8 +488,21 @@ def _open_slice(
     # chunks=None: lazily indexed backend arrays, so slicing builds no whole-globe graph
     loc = as_location(path)
     ds = xr.open_zarr(
-        loc.zarr_store(read_only=True), chunks=None, consolidated=False, zarr_format=3, decode_coords="all"
+        loc.zarr_store(read_only=True),
+        chunks=None,
+        consolidated=False,
+        zarr_format=3,
+        decode_coords="all",
+        mask_and_scale=False,
     )
+    # int16 reflectance decodes to float32, not float64: xarray picks the float type of the
+    # scale_factor, which a JSON attribute gives as float64. float32 is what the model and the
+    # loader use (the operations of decode_dn, bit for bit), at half the memory
+    for var in ds.variables.values():
+        for key in ("scale_factor", "add_offset"):
+            if key in var.attrs and var.dtype.itemsize <= 2:
+                var.attrs[key] = np.float32(var.attrs[key])
+    ds = xr.decode_cf(ds, decode_times=False, decode_coords=False, decode_timedelta=False)
     # each run of consecutive years as a slice: zarr reads an integer-array selection ~13x slower
     # than a slice of the same chunks (measured: 95 ms vs 7 ms per 512x512x7 chunk)
     runs: list[list[int]] = []

@@ -16,13 +16,14 @@ import httpx
 import numpy as np
 import pytest
 import xarray as xr
+import zarr
 
 pytest.importorskip("xpublish")
 
 from miningxr import evaluate, open_predictions, open_store, predict, store_regions
 from miningxr.config import ServeConfig
 from miningxr.server import LAYERS, TRUTH_RGBA, MiningServer, running, serve_app, tile_geobox
-from miningxr.store import region_name
+from miningxr.store import region_name, store_layout
 
 SHARD = 512
 
@@ -118,7 +119,18 @@ def test_zarr_over_http_equals_the_store(served, two_regions, two_region_predict
         # (two clients of one small cluster, each waiting on the other, would deadlock it)
         remote = xr.open_zarr(f"{url}/datasets/{name}/zarr", zarr_format=3, consolidated=True, chunks=None)
         local = open_store(path, region=gslice)
-        xr.testing.assert_equal(remote.landsat.load(), local.landsat.load())
+        # the same packed numbers; decoded, the same values (a client decodes to float64, the
+        # scale_factor being a JSON number; open_store decodes to float32)
+        packed = xr.open_zarr(
+            f"{url}/datasets/{name}/zarr", zarr_format=3, consolidated=True, chunks=None, mask_and_scale=False
+        )
+        raw = zarr.open_array(str(path), path="landsat", mode="r")
+        years = [int(y) - store_layout(path).first_year for y in local.year.values]
+        np.testing.assert_array_equal(
+            packed.landsat.values, raw[years[0] : years[-1] + 1, :, gslice.rows, gslice.cols]
+        )
+        assert remote.landsat.dims == local.landsat.dims and remote.landsat.shape == local.landsat.shape
+        np.testing.assert_allclose(remote.landsat.values, local.landsat.values, rtol=1e-6)
         np.testing.assert_array_equal(remote.mining.values, local.mining.values)
         prob = open_predictions(two_region_predictions, local)
         np.testing.assert_array_equal(remote.mining_probability.values, prob.values)

@@ -2,14 +2,22 @@ import numpy as np
 import pytest
 
 from miningxr import StoreError, YearError, open_landsat, open_store, status
+from miningxr.encoding import decode_dn, encode_dn
 from miningxr.grid import GridSlice
 from miningxr.store import create_store
+
+
+def as_stored(values: np.ndarray) -> np.ndarray:
+    """What a store reads back of a source's values: packed to int16, decoded in float32."""
+    return decode_dn(encode_dn(values))
 
 
 def test_store_reads_back_exactly_what_the_source_gave(store):
     ds = open_store(store, years=2020)
     src = open_landsat(GridSlice.of_coords(ds), 2020)
-    assert np.array_equal(ds.landsat.values, src.landsat.values, equal_nan=True)
+    # bit for bit: the source's values packed into the store's int16, decoded in float32
+    assert ds.landsat.dtype == np.float32
+    assert np.array_equal(ds.landsat.values, as_stored(src.landsat.values), equal_nan=True)
 
 
 def test_store_keeps_grid_coordinates_and_crs(store, shard_slice):
@@ -73,7 +81,7 @@ def test_years_out_of_order_and_apart_read_each_year_as_stored(tmp_path, client,
     ds = open_store(path, region=region, years=[2020, 2016, 2017])
     assert list(ds.year.values) == [2020, 2016, 2017]
     want = open_landsat(region, [2020, 2016, 2017])
-    np.testing.assert_array_equal(ds.landsat.values, want.landsat.values)
+    np.testing.assert_array_equal(ds.landsat.values, as_stored(want.landsat.values))
     assert ds.mining.dims == ("y", "x") and ds.rio.crs.to_epsg() == 6933
 
 

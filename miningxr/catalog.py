@@ -41,7 +41,8 @@ STATES = ("pending", "running", "done", "failed")
 NO_YEAR = 0
 #: a shard's key in the catalog: (year, shard_row, shard_col)
 ShardKey = tuple[int, int, int]
-_GROUP = b'{"zarr_format": 3, "node_type": "group", "attributes": {}}'
+#: an empty Zarr v3 group: the catalog's, and a store's root in object storage before its build
+EMPTY_GROUP = b'{"zarr_format": 3, "node_type": "group", "attributes": {}}'
 _COLUMNS = ["variable", "year", "shard_row", "shard_col", "state", "owner", "error", "attempts", "updated"]
 
 
@@ -92,7 +93,7 @@ class Catalog:
         self._claims: dict[tuple[str, ShardKey], int] = {}
         if not readonly:
             try:
-                self.loc.put(f"{CATALOG}/zarr.json", _GROUP, create=True)
+                self.loc.put(f"{CATALOG}/zarr.json", EMPTY_GROUP, create=True)
             except StoreError as e:
                 raise StoreError(
                     f"the store {self.loc} cannot be written ({e}): it is read-only here. Read it "

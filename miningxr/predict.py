@@ -410,7 +410,7 @@ def predict(
     if arr.chunks is None:
         arr = arr.chunk({"y": 512, "x": 512})
     arr = arr.chunk({"band": -1})
-    if arr.dtype == np.float64:  # xarray decodes the int16 store to float64: the model takes float32
+    if arr.dtype == np.float64:  # a source's float64 cube: the model takes float32
         arr = arr.astype(np.float32)
     in_rows, in_cols = arr.data.chunks[0], arr.data.chunks[1]
     in_chunks = {"y": in_rows, "x": in_cols}

@@ -41,7 +41,7 @@ import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from .catalog import CATALOG, Catalog, new_owner, owner_alive
+from .catalog import CATALOG, EMPTY_GROUP, Catalog, new_owner, owner_alive
 from .config import BANDS, StoreLayout, as_years
 from .encoding import FILL_VALUE, GRID_MAPPING_ATTRS, MASK_ATTRS, landsat_attrs
 from .errors import StoreError, YearError
@@ -214,7 +214,7 @@ def create_atomically(loc: Location, build: Callable[[Location], None]) -> bool:
         # the root group made create-only, so a second builder (a create-only PUT that a server
         # did not keep atomic, or a stale claim taken over) opens it instead of racing zarr's
         # check-then-create (ContainsGroupError)
-        loc.put("zarr.json", ROOT_GROUP, create=True)
+        loc.put("zarr.json", EMPTY_GROUP, create=True)
         build(loc)
         loc.delete(CREATING)
         return True
@@ -233,9 +233,6 @@ def create_atomically(loc: Location, build: Callable[[Location], None]) -> bool:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-
-#: an empty Zarr v3 group: the root of a store in object storage before its build fills it
-ROOT_GROUP = b'{"zarr_format": 3, "node_type": "group", "attributes": {}}'
 
 #: a creation marker older than this is of a process that died (a build takes seconds)
 CREATION_STALE_S = 600.0

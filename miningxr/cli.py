@@ -377,6 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--port", type=int, help="TCP port (default 8000)")
     p.add_argument("--threshold", type=float, help="probability counted as mined (default 0.5)")
+    p.add_argument(
+        "--tile-cache",
+        type=int,
+        metavar="N",
+        help="map tiles kept in memory once rendered (default 2048; 0 renders every request)",
+    )
     _common(p)
     return parser
 
@@ -646,7 +652,7 @@ def cmd_change(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    flags = {"host": args.host, "port": args.port, "threshold": args.threshold}
+    flags = {"host": args.host, "port": args.port, "threshold": args.threshold, "tile_cache": args.tile_cache}
     scfg = dataclasses.replace(cfg.serve, **{k: v for k, v in flags.items() if v is not None})
     serve(
         args.store,

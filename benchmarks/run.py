@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -443,27 +444,56 @@ def bench_window(work: Path, store: Path):
     )
     path = run.model_path
     ds = miningxr.open_store(store)
+    from miningxr.predict import native_precision
+
     window, tiles = PredictConfig(mode="window", block=1024), PredictConfig(mode="tiles", overlap=16)
+    configs = {"window": window, "tiles": tiles}
+    # bfloat16 where this machine runs it natively (emulated, it is many times slower: no row)
+    native = native_precision() == "bfloat16"
+    if native:
+        configs["window_bf16"] = dataclasses.replace(window, precision="bfloat16")
+        configs["tiles_bf16"] = dataclasses.replace(tiles, precision="bfloat16")
     model = load_model(path)
     spec = model_spec(model)
     x = normalize(ds.landsat.isel(year=0).transpose("y", "x", "band").values, spec.mean, spec.std)
     n = x.shape[0] // 64
     arr = x.reshape(n, 64, n, 64, 7).transpose(0, 2, 1, 3, 4).reshape(-1, 64, 64, 7)
     iou = {}
-    for name, cfg in (("window", window), ("tiles", tiles)):
+    for name, cfg in configs.items():
         prob = miningxr.predict(ds, path, config=cfg).persist()
         iou[name] = miningxr.evaluate(store, prob, split="test")["iou"]
     model.predict(arr[:64], batch_size=64, verbose=0)
-    t = _best_in_turns(
-        {
-            "window": lambda: miningxr.predict(ds, path, config=window).compute(scheduler="threads"),
-            "tiles": lambda: miningxr.predict(ds, path, config=tiles).compute(scheduler="threads"),
-            "raw": lambda: model.predict(arr, batch_size=64, verbose=0),
-        },
-        rounds=3,
-    )
+
+    def timed(cfg):
+        return lambda: miningxr.predict(ds, path, config=cfg).compute(scheduler="threads")
+
+    fns = {name: timed(cfg) for name, cfg in configs.items()}
+    t = _best_in_turns({**fns, "raw": lambda: model.predict(arr, batch_size=64, verbose=0)}, rounds=3)
     k = len(arr)  # 64 px tiles of output, whatever each mode computes
     note = f"test-split IoU: window {iou['window']:.3f}, tiles {iou['tiles']:.3f}; 2048 px, base 16"
+    rows = []
+    if native:
+        rows = [
+            _result(
+                "whole-window predict in bfloat16 vs overlap-16 tiling (float32, the default)",
+                k / t["window_bf16"],
+                k / t["tiles"],
+                "tiles/s",
+                2.0,
+                note=f"test-split IoU: window bfloat16 {iou['window_bf16']:.3f}, tiles {iou['tiles']:.3f}",
+            )
+            | {"iou_window": iou["window_bf16"], "iou_tiles": iou["tiles"]},
+            _result(
+                "whole-window vs overlap-16 tiling, both in bfloat16",
+                k / t["window_bf16"],
+                k / t["tiles_bf16"],
+                "tiles/s",
+                None,
+                note=f"test-split IoU: tiles bfloat16 {iou['tiles_bf16']:.3f}",
+            ),
+        ]
+    else:
+        print("whole-window in bfloat16: no row, this CPU has no native bfloat16 (AMX)", flush=True)
     return [
         _result(
             "whole-window predict vs overlap-16 tiling",
@@ -482,6 +512,7 @@ def bench_window(work: Path, store: Path):
             1.0,
             note="raw: the same area's tiles from memory, no overlap",
         ),
+        *rows,
     ]
 
 

@@ -65,6 +65,10 @@ def test_an_unknown_learning_rate_schedule_is_refused():
         ({"tiles": {"negative_ratio": "all"}}, "[tiles] negative_ratio must be a number or none, got 'all'"),
         ({"store": {"chunk": 0}}, "chunk (--chunk) must be an integer >= 1, got 0"),
         ({"predict": {"threshold": 1.5}}, "threshold (--threshold) must be in [0, 1], got 1.5"),
+        (
+            {"predict": {"precision": "half"}},
+            "[predict] precision must be one of 'float32', 'bfloat16', 'float16', 'auto', got 'half'",
+        ),
         ({"train": {"depth": 7}}, "[train] tile_size 64 must be divisible by 2**depth = 128"),
     ],
 )

@@ -376,3 +376,92 @@ def model_on_any_size(model):
     out = type(model).from_config(config, custom_objects={"TileSpec": unet.TileSpec, **unet.CUSTOM_OBJECTS})
     out.set_weights(model.get_weights())
     return out
+
+
+# --------------------------------------------------------------------------- precision
+
+
+def test_a_bfloat16_network_computes_in_bfloat16_and_gives_float32_close_to_the_model():
+    """``precision="bfloat16"``: every layer but the output computes in bfloat16 (float32
+    weights), the probabilities stay float32 and within bfloat16's rounding of float32's."""
+    from miningxr import build_unet
+    from miningxr.config import TrainConfig
+    from miningxr.predict import inference_model
+
+    model = build_unet(TrainConfig(base_filters=8, depth=2))
+    fast = inference_model(model, any_size=True, precision="bfloat16")
+    dtypes = {layer.name: layer.compute_dtype for layer in fast.layers if layer.name != "tiles"}
+    assert dtypes.pop("probability") == "float32"
+    assert set(dtypes.values()) == {"bfloat16"}
+    assert {w.dtype for w in fast.weights} == {"float32"}
+    x = np.random.default_rng(2).normal(size=(1, 128, 128, 7)).astype("float32")
+    got = np.asarray(fast.predict_on_batch(x))
+    want = np.asarray(inference_model(model, any_size=True).predict_on_batch(x))
+    assert got.dtype == np.float32
+    assert 0 < np.abs(got - want).max() < 0.02  # really bfloat16, and close
+
+
+def test_a_model_trained_in_mixed_float16_predicts_in_float32_unless_asked():
+    import keras
+
+    from miningxr import build_unet
+    from miningxr.config import TrainConfig
+    from miningxr.predict import inference_model
+
+    before = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_unet(TrainConfig(base_filters=4, depth=2))
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+    assert model.get_layer("down0_conv1").compute_dtype == "float16"
+    net = inference_model(model)
+    assert {layer.compute_dtype for layer in net.layers if layer.name != "tiles"} == {"float32"}
+    assert inference_model(model, precision="float16").get_layer("down0_conv1").compute_dtype == "float16"
+
+
+def test_auto_precision_is_what_the_hardware_runs_natively(monkeypatch):
+    import importlib
+
+    p = importlib.import_module("miningxr.predict")
+    monkeypatch.setattr(p, "native_precision", lambda: "bfloat16")
+    assert p.compute_precision("auto") == "bfloat16" and p.compute_precision("float32") == "float32"
+    monkeypatch.undo()
+    monkeypatch.setattr(p, "_cpu_flags", lambda: {"avx512f", "amx_bf16"})
+    monkeypatch.setattr("tensorflow.config.list_physical_devices", lambda kind: [])
+    p.native_precision.cache_clear()
+    try:
+        assert p.native_precision() == "bfloat16"
+        monkeypatch.setattr(p, "_cpu_flags", lambda: {"avx2"})
+        p.native_precision.cache_clear()
+        assert p.native_precision() == "float32"
+    finally:
+        p.native_precision.cache_clear()
+
+
+def test_a_bfloat16_window_prediction_barely_depends_on_chunking_and_is_recorded(store, tiny_model):
+    """bfloat16 rounds each layer's output; a kernel that sums in another order for another
+    window size could move a value by a rounding step (on AMX it does not: 0.0 measured), far
+    below the uint8 store's step of 0.004. Against float32: within bfloat16's rounding."""
+    from miningxr.config import PredictConfig
+
+    ds = open_store(store).isel(y=slice(0, 768), x=slice(0, 768))
+    one = predict(ds, tiny_model, config=PredictConfig(mode="window", block=768, precision="bfloat16"))
+    cut = predict(ds.chunk({"y": 300, "x": 200}), tiny_model, mode="window", precision="bfloat16")
+    exact = predict(ds, tiny_model, mode="window").values
+    assert one.attrs["precision"] == "bfloat16" and one.dtype == np.float32
+    np.testing.assert_allclose(cut.values, one.values, atol=1e-3)
+    assert np.nanmax(np.abs(one.values - exact)) < 0.02
+
+
+def test_the_command_line_predicts_in_the_precision_it_is_given_and_records_it(store, tiny_model, tmp_path):
+    import zarr
+
+    from miningxr.cli import main
+
+    out = tmp_path / "bf16.zarr"
+    command = ["predict", "--store", str(store), "--model", str(tiny_model), "--out", str(out), "-q"]
+    assert main([*command, "--mode", "window", "--precision", "bfloat16"]) == 0
+    assert zarr.open_group(str(out), mode="r")["mining_probability"].attrs["precision"] == "bfloat16"
+    with pytest.raises(SystemExit):  # argparse names the choices
+        main([*command, "--precision", "half"])

@@ -10,8 +10,9 @@ depth 4, mixed precision):
   cut/shuffle/batch/augment from RAM). Target: the loader at >= 0.9 of the in-memory feed;
 * predict throughput at full size (``predict(mode="window")`` over whole shards, and the
   default tiling; on a GPU also 2048 px windows and tiles in batches of 256, the variants that
-  would decide the defaults; and the same pipeline around a one-filter network, which is what
-  the CPUs must keep up with), and what it means for one year of the world's land (every land
+  would decide the defaults; both modes again in the precision the hardware runs natively,
+  ``bfloat16`` on a GPU since Ampere or a CPU with AMX; and the same pipeline around a
+  one-filter network, which is what the CPUs must keep up with), and what it means for one year of the world's land (every land
   shard of the built-in country table). Target: under one hour on one H100.
 
 Without a GPU (or with ``--cpu``) it runs a small CPU version of the same measures (base 8,
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from miningxr.config import PredictConfig, TrainConfig
     from miningxr.grid import GridSlice, Region
     from miningxr.model.losses import get_loss
+    from miningxr.predict import native_precision
     from miningxr.sources.synthetic import mine_polygons
 
     gpus = tf.config.list_physical_devices("GPU")
@@ -148,6 +150,17 @@ def main(argv: list[str] | None = None) -> int:
             if full:
                 variants["window_2048"] = (model_path, PredictConfig(mode="window", block=2048))
                 variants["tiles_b256"] = (model_path, PredictConfig(mode="tiles", batch_size=256))
+            # the network in the precision the hardware runs natively (bfloat16 on a GPU since
+            # Ampere or a CPU with AMX): float32 is the default, and the model trained in float16
+            native = native_precision()
+            if native != "float32":
+                variants[f"window_{native}"] = (model_path, PredictConfig(mode="window", precision="auto"))
+                variants[f"tiles_{native}"] = (model_path, PredictConfig(mode="tiles", precision="auto"))
+                if full:
+                    variants[f"window_2048_{native}"] = (
+                        model_path,
+                        PredictConfig(mode="window", block=2048, precision="auto"),
+                    )
             # everything but the network: a UNet of one filter and one level, so what is left is
             # reading, decoding, the halo, normalizing and the nodata mask, on the CPUs. One year
             # of the land in an hour needs this part at 50 Mpx/s as much as the accelerator

@@ -430,7 +430,9 @@ def bench_window(work: Path, store: Path):
     """Whole-window prediction (``mode="window"``, 1024 px windows plus the receptive field)
     vs tiling with the seam-free overlap of 16 px, and vs a bare ``model.predict`` over the
     same area's 64 px tiles in memory; the test-split IoU of both modes, from a UNet (16 base
-    filters) trained here on the benchmark store."""
+    filters) trained here on the benchmark store with the demo's recipe (16 epochs: an IoU
+    near the demo's 0.95, so that the two modes' IoU say something). Where the CPU runs
+    bfloat16 natively (AMX), both modes again in bfloat16."""
     import miningxr
     from miningxr.config import PredictConfig, TrainConfig
     from miningxr.encoding import normalize
@@ -438,7 +440,7 @@ def bench_window(work: Path, store: Path):
 
     run = miningxr.train(
         store,
-        config=TrainConfig(base_filters=16, epochs=8, learning_rate=2e-3, patience=8, pos_weight=1.0),
+        config=TrainConfig(base_filters=16, epochs=16, learning_rate=2e-3, patience=16, pos_weight=1.0),
         out_dir=work / "window-run",
         verbose=0,
     )

@@ -120,6 +120,27 @@ def check_compatible(model: Any, obj: xr.DataArray | xr.Dataset) -> None:
         )
 
 
+def _predictor(model: keras.Model) -> Any:
+    """``model`` in inference mode as one ``tf.function`` of any batch (and, for a network of
+    any size, any height and width), kept on the model: traced once, never again, where
+    ``predict_on_batch`` traces a new graph for each new shape until it generalizes, and
+    costs more per call (its data adapter)."""
+    fn = model.__dict__.get("_miningxr_predict")
+    if fn is None:
+        from .tfimport import import_tensorflow
+
+        tf = import_tensorflow()
+        spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
+        fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+        object.__setattr__(model, "_miningxr_predict", fn)  # past Keras's attribute tracking
+    return fn
+
+
+def _run(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """The network's output for a float32 batch ``x``, as numpy."""
+    return np.asarray(_predictor(model)(x))
+
+
 def _weights(tile: int, overlap: int) -> np.ndarray:
     """Blend weight of one tile: 1 inside, a linear ramp over the overlap at the edges."""
     if overlap <= 0:
@@ -161,16 +182,14 @@ def predict_array(
     starts_r = [s for s in starts_r if s >= 0 and s + t <= h]
     starts_c = [s for s in starts_c if s >= 0 and s + t <= w]
     pos = [(r, c) for r in starts_r for c in starts_c]
-    # equal batches of at most batch_size: 144 tiles run as 3 x 48, not 64 + 64 + 16 padded to
-    # 3 x 64. Keras traces its predict function with reduce_retracing, so the few batch sizes
-    # share one graph of unknown batch size after the second.
+    # equal batches of at most batch_size: 144 tiles run as 3 x 48, not 64 + 64 + 16 (a batch
+    # of 16 uses the cores less well). The network is one graph of any batch size.
     n_batches = -(-len(pos) // batch_size)
     size = -(-len(pos) // max(n_batches, 1))
     for b in range(0, len(pos), size):
         batch = pos[b : b + size]
         tiles = np.stack([x[r : r + t, c : c + t] for r, c in batch])
-        # predict_on_batch runs the compiled predict function (eager model(...) is ~1.5x slower)
-        p = np.asarray(model.predict_on_batch(tiles))[..., 0]
+        p = _run(model, tiles)[..., 0]
         for (r, c), pt in zip(batch, p, strict=True):
             acc[r : r + t, c : c + t] += pt * wt
             wsum[r : r + t, c : c + t] += wt
@@ -354,7 +373,7 @@ def predict_window(
     win = x[r0 : r0 + rh, c0 : c0 + rw]
     if win.shape[:2] != (rh, rw):  # the array's last block: past its end is no data (zero) anyway
         win = np.pad(win, ((0, rh - win.shape[0]), (0, rw - win.shape[1]), (0, 0)))
-    p = np.asarray(model.predict_on_batch(win[None]))[0, ..., 0]
+    p = _run(model, win[None])[0, ..., 0]
     return p[halo + sr % step : halo + sr % step + oh, halo + sc % step : halo + sc % step + ow]
 
 

@@ -465,3 +465,20 @@ def test_the_command_line_predicts_in_the_precision_it_is_given_and_records_it(s
     assert zarr.open_group(str(out), mode="r")["mining_probability"].attrs["precision"] == "bfloat16"
     with pytest.raises(SystemExit):  # argparse names the choices
         main([*command, "--precision", "half"])
+
+
+def test_the_network_is_traced_once_for_windows_and_batches_of_every_shape():
+    from miningxr import build_unet
+    from miningxr.config import TrainConfig
+    from miningxr.predict import _predictor, _run, inference_model
+
+    model = build_unet(TrainConfig(base_filters=4, depth=2))
+    window, tiles = inference_model(model, any_size=True), inference_model(model)
+    rng = np.random.default_rng(3)
+    for shape in [(1, 128, 128), (1, 96, 160), (2, 64, 64)]:
+        x = rng.normal(size=(*shape, 7)).astype("float32")
+        np.testing.assert_allclose(_run(window, x), np.asarray(window.predict_on_batch(x)), atol=1e-6)
+    for n in (48, 37, 5):
+        _run(tiles, rng.normal(size=(n, 64, 64, 7)).astype("float32"))
+    assert _predictor(window).experimental_get_tracing_count() == 1
+    assert _predictor(tiles).experimental_get_tracing_count() == 1

@@ -311,7 +311,7 @@ def inference_model(
         return None
 
     dtype = compute_precision(precision)
-    policy = {"module": "keras", "class_name": "DTypePolicy", "registered_name": None}
+    policy: dict[str, Any] = {"module": "keras", "class_name": "DTypePolicy", "registered_name": None}
     policy["config"] = {"name": "float32" if dtype == "float32" else f"mixed_{dtype}"}
     heads = config["output_layers"]  # [name, node, tensor], or a list of them
     outputs = {heads[0]} if isinstance(heads[0], str) else {h[0] for h in heads}

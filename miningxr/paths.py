@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import StoreError, UsageError
+from .errors import ModelFileError, StoreError, UsageError
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 #: schemes obstore reaches, and what each is
@@ -352,3 +352,16 @@ def upload(folder: Path, loc: Location) -> int:
     with ThreadPoolExecutor(PARALLEL) as pool:
         list(pool.map(lambda p: loc.put(p.relative_to(folder).as_posix(), p.read_bytes()), files))
     return len(files)
+
+
+def model_file(model: str | os.PathLike | Location) -> Path:
+    """The local ``.keras`` file of a model path or URL (a URL downloaded once, cached by its
+    ETag), or a :class:`~miningxr.errors.ModelFileError` naming the fix when there is none."""
+    loc = as_location(model, what="the model")
+    try:
+        p = loc.fetch()
+    except FileNotFoundError:
+        p = None
+    if p is None or not p.exists():
+        raise ModelFileError(f"model file {loc} does not exist; train one with `miningxr train`")
+    return p

@@ -45,7 +45,7 @@ from .encoding import (
 )
 from .errors import ModelFileError, ModelMismatchError, StoreError, YearError
 from .grid import GLOBAL_SHAPE, GridSlice, sparse_cover
-from .paths import Location, Where, as_location
+from .paths import Location, Where, as_location, model_file
 from .shards import IngestReport, run_shards, shard_writer
 from .store import (
     check_writable_folder,
@@ -84,19 +84,6 @@ def _resolve(model: Any) -> keras.Model:
 def _model_ref(model: Where) -> str:
     loc = as_location(model, what="the model")
     return str(loc) if loc.is_url else str(loc.local.resolve())
-
-
-def model_file(model: Where) -> Path:
-    """The local ``.keras`` file of a model path or URL (downloaded once, cached), or a
-    :class:`ModelFileError` naming the fix when there is none."""
-    loc = as_location(model, what="the model")
-    try:
-        p = loc.fetch()
-    except FileNotFoundError:
-        p = None
-    if p is None or not p.exists():
-        raise ModelFileError(f"model file {loc} does not exist; train one with `miningxr train`")
-    return p
 
 
 def _spec(model: Any) -> TileSpec:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import zipfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import keras
@@ -13,7 +12,7 @@ from keras import layers
 
 from ..config import TrainConfig
 from ..errors import ModelError, ModelFileError
-from ..paths import as_location
+from ..paths import model_file
 from .losses import CUSTOM_OBJECTS
 
 
@@ -118,12 +117,7 @@ def model_spec(model: keras.Model) -> TileSpec:
 def load_model(path: str | os.PathLike) -> keras.Model:
     """Load a ``.keras`` model (a path or an object-storage URL) in Keras safe mode (no
     arbitrary code from the file)."""
-    try:
-        p = as_location(path, what="the model").fetch()
-    except FileNotFoundError:
-        p = Path(os.fspath(path))
-    if not p.exists():
-        raise ModelFileError(f"model file {p} does not exist; train one with `miningxr train`")
+    p = model_file(path)
     if not p.is_file() or not zipfile.is_zipfile(p):
         raise ModelFileError(
             f"{p} is not a .keras model file (a .keras file is a zip archive; this one "

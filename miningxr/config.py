@@ -294,7 +294,9 @@ class PredictConfig:
     mode
         ``tiles``: the model on its training tiles, blended over ``overlap``; ``window``: the
         fully convolutional model on whole blocks plus a halo of its receptive field (no tiles,
-        no seams, the same under any chunking; ``overlap`` does not apply).
+        no seams, the same under any chunking; ``overlap`` does not apply). For a model
+        trained on tiles of at least twice its receptive radius (128 px at depth 4): one
+        trained on 64 px tiles loses some IoU on whole windows (docs/benchmarks.md).
     block
         Pixels per side of the windows of ``mode="window"`` (the halo is ~100 px each side at
         depth 4: bigger windows waste less on it, and hold more memory).

@@ -223,8 +223,9 @@ def native_precision() -> str:
     since Ampere (compute capability 8) or a CPU with AMX-BF16 (Intel Xeon since Sapphire
     Rapids), ``float16`` on an older GPU with tensor cores (7.x), else ``float32``. What
     ``precision="auto"`` picks, on each worker."""
-    import tensorflow as tf
+    from .tfimport import import_tensorflow
 
+    tf = import_tensorflow()
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         major = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))[0]

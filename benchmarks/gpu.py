@@ -12,8 +12,8 @@ depth 4, mixed precision):
   default tiling; on a GPU also 2048 px windows and tiles in batches of 256, the variants that
   would decide the defaults; both modes again in the precision the hardware runs natively,
   ``bfloat16`` on a GPU since Ampere or a CPU with AMX; and the same pipeline around a
-  one-filter network, which is what the CPUs must keep up with), and what it means for one year of the world's land (every land
-  shard of the built-in country table). Target: under one hour on one H100.
+  one-filter network, which is what the CPUs must keep up with), and what it means for one
+  year of the world's land (every land shard of the built-in country table). Target: under one hour on one H100.
 
 Without a GPU (or with ``--cpu``) it runs a small CPU version of the same measures (base 8,
 depth 2, float32, a few steps) and says so: CI runs it to keep it working; its figures say

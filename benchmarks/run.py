@@ -437,6 +437,7 @@ def bench_window(work: Path, store: Path):
     from miningxr.config import PredictConfig, TrainConfig
     from miningxr.encoding import normalize
     from miningxr.model.unet import load_model, model_spec
+    from miningxr.predict import native_precision
 
     run = miningxr.train(
         store,
@@ -446,8 +447,6 @@ def bench_window(work: Path, store: Path):
     )
     path = run.model_path
     ds = miningxr.open_store(store)
-    from miningxr.predict import native_precision
-
     window, tiles = PredictConfig(mode="window", block=1024), PredictConfig(mode="tiles", overlap=16)
     configs = {"window": window, "tiles": tiles}
     # bfloat16 where this machine runs it natively (emulated, it is many times slower: no row)

@@ -284,8 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=get_args(PredictPrecision),
         help="what the network computes in: float32 (default; the model exactly), bfloat16 (2-3x "
-        "faster on CPUs with AMX and GPUs since Ampere, within a few hundredths), float16 (older GPUs), or "
-        "auto (bfloat16 or float16 where the hardware runs it natively)",
+        "faster on CPUs with AMX and GPUs since Ampere, within a few hundredths), float16 "
+        "(older GPUs), or auto (bfloat16 or float16 where the hardware runs it natively)",
     )
     _common(p)
 

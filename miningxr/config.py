@@ -304,8 +304,8 @@ class PredictConfig:
         What the network computes in. ``float32`` (the default: the trained model exactly, the
         same on every machine); ``bfloat16`` (2-3x faster where the hardware has it: AMX on
         Intel Xeon since Sapphire Rapids, NVIDIA GPUs since Ampere; probabilities within a few
-        hundredths of float32's (0.006-0.023 measured), and very slow where it is emulated); ``float16`` (for GPUs before
-        Ampere); ``auto``: ``bfloat16`` where each worker's hardware runs it natively, else
+        hundredths of float32's, 0.006-0.023 measured; very slow where it is emulated);
+        ``float16`` (for GPUs before Ampere); ``auto``: ``bfloat16`` where each worker's hardware runs it natively, else
         ``float16`` on an older GPU, else ``float32``. The output layer always computes in
         float32.
     """

@@ -207,6 +207,10 @@ def _fit(
             loss=get_loss(cfg.loss, cfg.pos_weight),
             metrics=metrics(),
         )
+        # the optimizer's slots made now, not inside the first traced step: else TensorFlow
+        # traces that step twice (once to create them), and on a CPU a trace of the UNet's
+        # training step takes 5-8 s
+        model.optimizer.build(model.trainable_variables)
         hist = model.fit(
             train_ds,
             validation_data=val_ds,

@@ -258,7 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force",
         action="store_true",
-        help="replace predictions of another model in --out, or rewrite shards already done",
+        help=(
+            "replace predictions of another model or method (mode, overlap, precision) in --out, "
+            "or rewrite shards already done"
+        ),
     )
     p.add_argument("--overlap", type=int, help="pixels of overlap between tiles (default 16)")
     p.add_argument(

@@ -564,9 +564,7 @@ def predict(
         long_name="probability of mining",
         units="1",
         grid_mapping="spatial_ref",
-        overlap=overlap if not window else 0,
-        mode=cfg.mode,
-        precision=cfg.precision,
+        **prediction_method(cfg),
         tile_size=t,
         bands=list(spec.bands),
         model=str(model) if isinstance(model, (str, os.PathLike, Location)) else m.name,
@@ -652,8 +650,8 @@ def write_predictions(
     if not isinstance(data, da.Array):  # computed predictions: written block by block all the same
         data = da.from_array(data, chunks=(1, chunk, chunk))
     shard = PREDICTION_SHARD if PREDICTION_SHARD % chunk == 0 else chunk
-    model = _model_record(pred.attrs)
-    if _check_prediction_store(loc, model, force):
+    model, method = _model_record(pred.attrs), _method_record(pred.attrs)
+    if _check_prediction_store(loc, model, force, method):
         loc.delete()  # --force with another model: its predictions are replaced, not mixed
 
     def build(tmp: Location) -> None:
@@ -682,6 +680,7 @@ def write_predictions(
             "first_year": layout.first_year,
             "last_year": layout.last_year,
             "model": model,
+            "method": method,
             "dtype": dtype,
         }
 
@@ -718,9 +717,12 @@ PREDICTIONS_VERSION = 3
 _READ_VERSIONS = (2, 3)
 
 
-def _check_prediction_store(path: Location, model: dict[str, Any], force: bool) -> bool:
+def _check_prediction_store(
+    path: Location, model: dict[str, Any], force: bool, method: dict[str, Any] | None = None
+) -> bool:
     """Refuse, before any write, a file in the way, a folder we cannot write, or a prediction
-    store of another model; True when ``force`` is to replace that store's predictions."""
+    store of another model or made another way (``method``: mode, overlap, precision); True
+    when ``force`` is to replace that store's predictions."""
     if not path.is_url and path.local.exists() and not path.local.is_dir():
         raise StoreError(
             f"{path} is a file, not a prediction store; give --out a new or existing "
@@ -729,7 +731,20 @@ def _check_prediction_store(path: Location, model: dict[str, Any], force: bool) 
     if path.is_url and holds_other_data(path, "miningxr_predictions"):
         raise StoreError(f"{path} holds objects and is not a prediction store; choose an empty or new --out")
     if is_built(path, "miningxr_predictions") if path.is_url else path.exists("zarr.json"):
-        have = _prediction_meta(path, what="use another --out")["model"]
+        meta = _prediction_meta(path, what="use another --out")
+        have = meta["model"]
+        # a store of an older miningxr recorded no method: any is taken, as it was then
+        made = meta.get("method")
+        if have == model and method is not None and made is not None and made != method:
+            if force:
+                return True
+            raise _method_error(
+                path,
+                made,
+                method,
+                "predict with the store's settings, write to another --out, "
+                "or replace them with --force (force=True)",
+            )
         if have != model:
             if force:
                 return True
@@ -783,6 +798,47 @@ def _model_record(attrs: dict[str, Any]) -> dict[str, Any]:
                 h.update(block)
         identity = f"{as_location(str(model)).name} sha256:{h.hexdigest()[:16]}"
     return {"identity": identity, "bands": list(attrs.get("bands", [])), "tile_size": attrs.get("tile_size")}
+
+
+def prediction_method(cfg: PredictConfig) -> dict[str, Any]:
+    """How ``cfg`` predicts, which a prediction store keeps one of (its years and shards then
+    compare): ``mode``, ``overlap`` (0 for whole windows) and ``precision``."""
+    return {
+        "overlap": cfg.overlap if cfg.mode == "tiles" else 0,
+        "mode": cfg.mode,
+        "precision": cfg.precision,
+    }
+
+
+def _method_record(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The :func:`prediction_method` that predictions' attributes record."""
+    return {
+        "overlap": int(attrs.get("overlap", 0)),
+        "mode": attrs.get("mode", "tiles"),
+        "precision": attrs.get("precision", "float32"),
+    }
+
+
+def _method_error(
+    path: Location | Where, made: dict[str, Any], method: dict[str, Any], fix: str
+) -> StoreError:
+    said = ", ".join(f"{k} {made.get(k)!r}" for k in ("mode", "overlap", "precision"))
+    asked = ", ".join(f"{k} {method[k]!r}" for k in ("mode", "overlap", "precision"))
+    return StoreError(
+        f"{path} holds predictions made with {said}, not {asked}: a store keeps one method, so "
+        f"that its years and shards compare; {fix}"
+    )
+
+
+def check_prediction_method(path: Where, cfg: PredictConfig, fix: str) -> None:
+    """Refuse ``cfg`` where the prediction store at ``path`` (if one is there) was made
+    another way (see :func:`prediction_method`); ``fix`` ends the error."""
+    loc = as_location(path, what="the prediction store")
+    if not (is_built(loc, "miningxr_predictions") if loc.is_url else loc.exists("zarr.json")):
+        return
+    made = _prediction_meta(loc, what="use another --predictions").get("method")
+    if made is not None and made != prediction_method(cfg):
+        raise _method_error(loc, made, prediction_method(cfg), fix)
 
 
 def prediction_regions(path: Where) -> dict[str, GridSlice]:

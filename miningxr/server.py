@@ -65,6 +65,7 @@ from .grid import PIXEL_AREA_KM2, GridSlice, Region, pixel_affine
 from .paths import Where
 from .predict import (
     check_compatible,
+    check_prediction_method,
     open_predictions,
     predict,
     predicted_shards,
@@ -177,6 +178,13 @@ class MiningServer:
         }
         if self.model is not None:  # a model that does not fit the store is refused before serving
             check_compatible(self.model, next(iter(opened.values())))
+            # on-demand shards are predicted as the store's others were, or not at all
+            check_prediction_method(
+                str(predictions),
+                self.predict_config,
+                "serve it with those settings (--config with a [predict] table), or give "
+                "another --predictions",
+            )
         self._lock = threading.Lock()
         self._shard_locks: dict[tuple[int, int, int], threading.Lock] = {}
         self._version = 0

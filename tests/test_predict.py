@@ -210,6 +210,36 @@ def test_another_model_is_refused_without_force_and_replaces_with_it(
     assert open_predictions(out, ds).year.values.tolist() == [2020]
 
 
+def test_a_store_made_one_way_refuses_predictions_made_another_and_replaces_with_force(
+    two_regions, two_region_model, two_region_predictions, tmp_path, capsys
+):
+    """Resuming or adding a year with another mode or precision would mix two methods in one
+    store (its attributes naming only the first): refused before any write, naming both."""
+    import shutil
+
+    from miningxr import open_predictions, open_regions
+    from miningxr.cli import main
+
+    path, _ = two_regions
+    out = tmp_path / "p.zarr"
+    shutil.copytree(two_region_predictions, out)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    command = f"predict --store {path} --model {two_region_model} --out {out} --years 2020 -q"
+    assert main([*command.split(), "--precision", "bfloat16"]) == 2
+    err = capsys.readouterr().err
+    assert "made with mode 'tiles', overlap 16, precision 'float32'" in err, err
+    assert "not mode 'tiles', overlap 16, precision 'bfloat16'" in err and "--force" in err
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing written
+    assert main([*command.split(), "--mode", "window"]) == 2
+    assert "mode 'window', overlap 0" in capsys.readouterr().err
+    # the same method resumes (every shard already done), another with --force replaces
+    assert main(command.split()) == 0
+    assert main([*command.split(), "--precision", "bfloat16", "--force"]) == 0
+    ds = next(iter(open_regions(path).children.values())).to_dataset()
+    assert open_predictions(out, ds).year.values.tolist() == [2020]
+    assert open_predictions(out, ds).attrs["precision"] == "bfloat16"
+
+
 def test_the_regions_of_a_sparse_store_predict_as_a_datatree(
     two_regions, two_region_model, two_region_predictions, tmp_path
 ):

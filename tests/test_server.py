@@ -336,6 +336,29 @@ def test_on_demand_needs_a_prediction_store(two_regions, two_region_model, clien
     assert "give --predictions too" in capsys.readouterr().err
 
 
+def test_on_demand_prediction_made_another_way_than_the_store_is_refused_before_serving(
+    two_regions, two_region_model, two_region_predictions, tmp_path, client, capsys
+):
+    """The store was predicted in float32 tiles: a server that would add bfloat16 shards to it
+    does not start, and says how to start one that fits."""
+    from miningxr.cli import main
+    from miningxr.config import PredictConfig
+    from miningxr.errors import StoreError
+
+    path, _ = two_regions
+    with pytest.raises(StoreError, match="precision 'float32', not mode 'tiles', overlap 16, precision 'bf"):
+        MiningServer(
+            path, two_region_predictions, two_region_model, predict_config=PredictConfig(precision="bfloat16")
+        )
+    config = tmp_path / "c.toml"
+    config.write_text('[predict]\nmode = "window"\n')
+    command = f"serve --store {path} --predictions {two_region_predictions} --model {two_region_model}"
+    assert main([*command.split(), "--config", str(config)]) == 2
+    assert "serve it with those settings (--config with a [predict] table)" in capsys.readouterr().err
+    # the store's own settings: it serves
+    assert MiningServer(path, two_region_predictions, two_region_model).model == str(two_region_model)
+
+
 def test_tilejson_and_xpublish_listing(served, two_regions):
     url, _ = served
     tj = httpx.get(f"{url}/tiles/probability/tilejson.json", params={"year": 2019}).json()

@@ -124,9 +124,12 @@ def test_slc_off_gaps_are_stripes_wider_towards_the_scene_edge(shard_slice):
 
 
 def test_years_differ_in_radiometry_beyond_noise(shard_slice):
-    # loaded first: a median of a chunked array over all its chunks takes dask 20x longer
-    a, b = (open_landsat(shard_slice, y).landsat.isel(year=0).load() for y in (2018, 2019))
-    ratio = (b.median(["y", "x"]) / a.median(["y", "x"])).values
+    # numpy's nanmedian per band: xarray's median over both dims took 21 s a year here, this 1 s
+    a, b = (
+        np.nanmedian(open_landsat(shard_slice, y).landsat.isel(year=0).values.reshape(7, -1), axis=1)
+        for y in (2018, 2019)
+    )
+    ratio = b / a
     assert np.abs(ratio - 1).max() > 0.01
 
 

@@ -718,7 +718,7 @@ _READ_VERSIONS = (2, 3)
 
 
 def _check_prediction_store(
-    path: Location, model: dict[str, Any], force: bool, method: dict[str, Any] | None = None
+    path: Location, model: dict[str, Any], force: bool, method: dict[str, Any]
 ) -> bool:
     """Refuse, before any write, a file in the way, a folder we cannot write, or a prediction
     store of another model or made another way (``method``: mode, overlap, precision); True
@@ -730,12 +730,12 @@ def _check_prediction_store(
         )
     if path.is_url and holds_other_data(path, "miningxr_predictions"):
         raise StoreError(f"{path} holds objects and is not a prediction store; choose an empty or new --out")
-    if is_built(path, "miningxr_predictions") if path.is_url else path.exists("zarr.json"):
+    if _holds_predictions(path):
         meta = _prediction_meta(path, what="use another --out")
         have = meta["model"]
         # a store of an older miningxr recorded no method: any is taken, as it was then
         made = meta.get("method")
-        if have == model and method is not None and made is not None and made != method:
+        if have == model and made is not None and made != method:
             if force:
                 return True
             raise _method_error(
@@ -819,13 +819,16 @@ def _method_record(attrs: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _method_error(
-    path: Location | Where, made: dict[str, Any], method: dict[str, Any], fix: str
-) -> StoreError:
+def _holds_predictions(loc: Location) -> bool:
+    """Whether a prediction store is there (in object storage: its build completed)."""
+    return is_built(loc, "miningxr_predictions") if loc.is_url else loc.exists("zarr.json")
+
+
+def _method_error(loc: Location, made: dict[str, Any], method: dict[str, Any], fix: str) -> StoreError:
     said = ", ".join(f"{k} {made.get(k)!r}" for k in ("mode", "overlap", "precision"))
     asked = ", ".join(f"{k} {method[k]!r}" for k in ("mode", "overlap", "precision"))
     return StoreError(
-        f"{path} holds predictions made with {said}, not {asked}: a store keeps one method, so "
+        f"{loc} holds predictions made with {said}, not {asked}: a store keeps one method, so "
         f"that its years and shards compare; {fix}"
     )
 
@@ -834,11 +837,14 @@ def check_prediction_method(path: Where, cfg: PredictConfig, fix: str) -> None:
     """Refuse ``cfg`` where the prediction store at ``path`` (if one is there) was made
     another way (see :func:`prediction_method`); ``fix`` ends the error."""
     loc = as_location(path, what="the prediction store")
-    if not (is_built(loc, "miningxr_predictions") if loc.is_url else loc.exists("zarr.json")):
+    if not _holds_predictions(loc):
         return
-    made = _prediction_meta(loc, what="use another --predictions").get("method")
-    if made is not None and made != prediction_method(cfg):
-        raise _method_error(loc, made, prediction_method(cfg), fix)
+    made, method = (
+        _prediction_meta(loc, what="use another --predictions").get("method"),
+        prediction_method(cfg),
+    )
+    if made is not None and made != method:
+        raise _method_error(loc, made, method, fix)
 
 
 def prediction_regions(path: Where) -> dict[str, GridSlice]:

@@ -23,6 +23,7 @@ __all__ = [
     "LabelError",
     "LoaderError",
     "MiningxrError",
+    "MiningxrWarning",
     "MissingDependencyError",
     "ModelError",
     "ModelFileError",
@@ -100,3 +101,8 @@ class ModelMismatchError(ModelError):
 
 class EvaluateError(MiningxrError):
     """Predictions and truth that cannot be scored together (no common pixel)."""
+
+
+class MiningxrWarning(UserWarning):
+    """Something miningxr can do, but likely not as the user means it: the message names the
+    better way. Filter it with ``warnings.filterwarnings("ignore", category=MiningxrWarning)``."""

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, overload
@@ -43,7 +44,7 @@ from .encoding import (
     normalize,
     probability_attrs,
 )
-from .errors import ModelFileError, ModelMismatchError, StoreError, YearError
+from .errors import MiningxrWarning, ModelFileError, ModelMismatchError, StoreError, YearError
 from .grid import GLOBAL_SHAPE, GridSlice, sparse_cover
 from .paths import Location, Where, as_location, model_file
 from .shards import IngestReport, run_shards, shard_writer
@@ -478,6 +479,16 @@ def predict(
     in_chunks = {"y": in_rows, "x": in_cols}
     window = cfg.mode == "window"
     depth = _depth(m)
+    if window and t < window_halo(depth):
+        warnings.warn(
+            f"this model was trained on {t} px tiles, less than its receptive radius of "
+            f"{window_halo(depth)} px: on whole windows it sees context it never saw in training "
+            "and scores lower than on tiles (docs/benchmarks.md); for mode 'window' train it on "
+            f"tiles of at least {window_halo(depth)} px (tile_size = 128 under [train]), or "
+            "predict with mode 'tiles'",
+            MiningxrWarning,
+            stacklevel=2,
+        )
     aligned = overlap == 0 and all(c % t == 0 for c in (*in_rows[:-1], *in_cols[:-1]))
     # a window: its receptive field on each side (and a step of the pooling grid where blocks
     # start off it); tiles: one tile

@@ -338,6 +338,27 @@ def test_window_mode_is_recorded_and_keeps_the_cube_s_grid(store, tiny_model):
     np.testing.assert_array_equal(prob.x.values, ds.x.values)
 
 
+def test_whole_windows_warn_on_a_model_trained_on_tiles_smaller_than_its_reach(store):
+    """A depth-4 UNet reaches 96 px: trained on 64 px tiles it never saw that much context, and
+    whole windows score lower (docs/benchmarks.md), so mode 'window' says so and names the fix;
+    on 128 px tiles, or in mode 'tiles', it is silent."""
+    import warnings
+
+    from miningxr import MiningxrWarning, build_unet, load_tile_index
+    from miningxr.config import TrainConfig
+
+    stats = load_tile_index(store).attrs["stats"]
+    ds = open_store(store).isel(y=slice(0, 256), x=slice(0, 256))
+    small = build_unet(TrainConfig(base_filters=2, depth=4, tile_size=64), stats=stats)
+    with pytest.warns(MiningxrWarning, match=r"trained on 64 px tiles.*radius of 96 px.*tile_size = 128"):
+        predict(ds, small, mode="window")
+    large = build_unet(TrainConfig(base_filters=2, depth=4, tile_size=128), stats=stats)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MiningxrWarning)
+        predict(ds, large, mode="window")
+        predict(ds, small, mode="tiles")
+
+
 @pytest.mark.parametrize("depth", [2, 3])
 def test_the_window_halo_covers_the_networks_receptive_field(depth):
     """A pixel changed in the input changes the output only within the halo around it."""

@@ -283,16 +283,10 @@ def test_messages_print_plain_numbers_not_numpy_reprs(store, capsys):
     assert "np.int" not in err and "[2020]" in err
 
 
-def test_tensorflow_start_up_noise_is_quiet_unless_verbose(tmp_path):
+def test_tensorflow_start_up_noise_is_quiet(tmp_path):
+    """TensorFlow's C++ start-up log (oneDNN, cuda, XLA lines) is silenced unless the user asks
+    for it (MININGXR_TF_VERBOSE=1, documented in docs/errors.md)."""
     code = "import miningxr.model.unet, keras; print('ok')"
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "MININGXR_TF_VERBOSE")}
     quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert quiet.returncode == 0 and quiet.stderr.strip() == "", quiet.stderr
-    loud = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**env, "MININGXR_TF_VERBOSE": "1"},
-    )
-    assert loud.returncode == 0  # and TensorFlow may speak (what it says is its own business)

@@ -39,6 +39,7 @@ import socket
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -852,6 +853,10 @@ def serve(
             store, predictions, model, config=cfg, predict_config=predict_config, change_config=change_config
         )
         app = serve_app(server)
+        # rasterio's MEM -> MEM warp says "Dataset has no geotransform" from some request
+        # threads, though every tile is georeferenced and equals its one-by-one rendering
+        # (tests/test_server.py; odc-geo#131): the server's log keeps what means something
+        warnings.filterwarnings("ignore", "Dataset has no geotransform", module="rasterio")
         print(
             f"miningxr serve: http://{cfg.host}:{cfg.port}/ (the map), /docs (the API), regions "
             f"{', '.join(server.regions)}; Dask dashboard {client.dashboard_link}; Ctrl-C stops",

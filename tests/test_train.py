@@ -14,6 +14,7 @@ def test_small_unet_reaches_iou_08_on_the_spatial_test_split(store, tmp_path):
     # pos_weight 1 0.95, as the demos now train
     cfg = TrainConfig(base_filters=16, epochs=16, learning_rate=2e-3, patience=16, pos_weight=1.0)
     result = train(store, index=load_tile_index(store), config=cfg, out_dir=tmp_path, verbose=0)
+    print("test metrics:", json.dumps(result.test_metrics))
     assert result.test_metrics["iou"] >= 0.8
     saved = json.loads((tmp_path / "train.json").read_text())
     assert saved["test"]["iou"] == pytest.approx(result.test_metrics["iou"])

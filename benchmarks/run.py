@@ -427,7 +427,8 @@ def bench_predict(store: Path, model_path: Path):
 
 
 def bench_window(work: Path, store: Path):
-    """Whole-window prediction (``mode="window"``, 1024 px windows plus the receptive field)
+    """Whole-window prediction (``mode="window"``, 1024 px windows, the default, and 2048 px,
+    plus the receptive field)
     vs tiling with the seam-free overlap of 16 px, and vs a bare ``model.predict`` over the
     same area's 64 px tiles in memory; the test-split IoU of both modes, from a UNet (16 base
     filters) trained here on the benchmark store with the demo's recipe (16 epochs: an IoU
@@ -448,7 +449,9 @@ def bench_window(work: Path, store: Path):
     path = run.model_path
     ds = miningxr.open_store(store)
     window, tiles = PredictConfig(mode="window", block=1024), PredictConfig(mode="tiles", overlap=16)
-    configs = {"window": window, "tiles": tiles}
+    # 2048 px: one window per shard of the default layout, the halo 1.20x of its pixels (1.41x
+    # at 1024); it holds more memory (a base-64 UNet peaks near 8 GB a window, 2.3 GB at 1024)
+    configs = {"window": window, "window_2048": dataclasses.replace(window, block=2048), "tiles": tiles}
     # bfloat16 where this machine runs it natively (emulated, it is many times slower: no row)
     native = native_precision() == "bfloat16"
     if native:
@@ -516,6 +519,23 @@ def bench_window(work: Path, store: Path):
         _result(
             "whole-window predict vs raw model.predict over 64 px tiles",
             k / t["window"],
+            k / t["raw"],
+            "tiles/s",
+            1.0,
+            note="raw: the same area's tiles from memory, no overlap",
+        ),
+        _result(
+            "whole-window predict, 2048 px windows (one per shard), vs overlap-16 tiling",
+            k / t["window_2048"],
+            k / t["tiles"],
+            "tiles/s",
+            2.0,
+            note=f"test-split IoU: window 2048 {iou['window_2048']:.3f}, tiles {iou['tiles']:.3f}",
+        )
+        | {"iou_window": iou["window_2048"], "iou_tiles": iou["tiles"]},
+        _result(
+            "whole-window predict, 2048 px windows, vs raw model.predict over 64 px tiles",
+            k / t["window_2048"],
             k / t["raw"],
             "tiles/s",
             1.0,

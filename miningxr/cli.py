@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, get_args
@@ -31,7 +32,7 @@ from .config import (
     TrainConfig,
     check_temporal_span,
 )
-from .errors import MiningxrError, UsageError
+from .errors import MiningxrError, MiningxrWarning, UsageError
 from .evaluate import SPLITS, evaluate, plot_map, plot_tiles
 from .export import export_store
 from .grid import Region, country_shards
@@ -732,6 +733,27 @@ def reference() -> str:
     return "\n".join(parts) + "\n"
 
 
+@contextlib.contextmanager
+def _warnings_logged() -> Iterator[None]:
+    """miningxr's own warnings as lines of the log (``WARNING ...``, in the demo's log file too),
+    each once, not in Python's file-and-line form; every other warning as Python shows it."""
+    shown, said = warnings.showwarning, set()
+
+    def show(message: Any, category: type[Warning], *rest: Any, **kw: Any) -> None:
+        if issubclass(category, MiningxrWarning):
+            if str(message) not in said:  # once a command, not once a region or year
+                said.add(str(message))
+                log.warning("%s", message)
+        else:
+            shown(message, category, *rest, **kw)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.verbose:
@@ -749,7 +771,8 @@ def main(argv: list[str] | None = None) -> int:
             else None
         )
         _setup_logging(-1 if args.quiet else args.verbose, logfile)
-        return COMMANDS[args.command](args)
+        with _warnings_logged():
+            return COMMANDS[args.command](args)
     except MiningxrError as e:
         # a mistake in what was asked: one clear line that names the fix (-v adds the traceback)
         if args.verbose:

@@ -359,6 +359,31 @@ def test_whole_windows_warn_on_a_model_trained_on_tiles_smaller_than_its_reach(s
         predict(ds, small, mode="tiles")
 
 
+@pytest.mark.filterwarnings("always::miningxr.MiningxrWarning")  # not the suite's error
+def test_the_command_logs_the_warning_as_a_line_and_still_predicts(two_regions, tmp_path, caplog):
+    """``miningxr predict --mode window`` with such a model: one ``WARNING`` line of the log
+    naming the fix, not Python's file-and-line form, and the predictions all the same."""
+    import logging
+
+    from miningxr import build_unet, open_predictions, open_regions, tile_index
+    from miningxr.cli import main
+    from miningxr.config import TileConfig, TrainConfig
+
+    path, _ = two_regions
+    stats = tile_index(path, years=[2020], config=TileConfig(block_tiles=4)).attrs["stats"]
+    model = tmp_path / "m.keras"
+    build_unet(TrainConfig(base_filters=2, depth=4), stats=stats).save(model)
+    out = tmp_path / "p.zarr"
+    with caplog.at_level(logging.WARNING, logger="miningxr"):
+        command = f"predict --store {path} --model {model} --out {out} --years 2020 --mode window -q"
+        assert main(command.split()) == 0
+    said = [r for r in caplog.records if "trained on 64 px tiles" in r.getMessage()]
+    assert len(said) == 1, said  # once, though both regions were predicted
+    assert said[0].levelname == "WARNING" and "mode 'tiles'" in said[0].getMessage()
+    ds = next(iter(open_regions(path).children.values())).to_dataset()
+    assert np.isfinite(open_predictions(out, ds).values).mean() > 0.9
+
+
 @pytest.mark.parametrize("depth", [2, 3])
 def test_the_window_halo_covers_the_networks_receptive_field(depth):
     """A pixel changed in the input changes the output only within the halo around it."""

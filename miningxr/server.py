@@ -190,6 +190,7 @@ class MiningServer:
         self._shard_locks: dict[tuple[int, int, int], threading.Lock] = {}
         self._version = 0
         self._tiles: collections.OrderedDict[tuple[Any, ...], bytes] = collections.OrderedDict()
+        self._predicted: dict[int, tuple[int, set[tuple[int, int]]]] = {}  # year: shard, done
         self.on_change: list[Any] = []  # called after on-demand predictions change a dataset
         self._datasets = {name: self._build(name, ds) for name, ds in opened.items()}
 
@@ -238,10 +239,18 @@ class MiningServer:
         return open_predictions(self.predictions, ds)
 
     def predicted(self, gslice: GridSlice, year: int) -> bool:
-        """Whether every prediction shard over ``gslice`` holds ``year``."""
+        """Whether every prediction shard over ``gslice`` holds ``year``: read from the
+        prediction store's catalog once a year and kept until this server's own predictions
+        change it (a tile asks it, and a catalog in object storage is several requests)."""
         if self.predictions is None:
             return False
-        shard, done = predicted_shards(self.predictions, year)
+        with self._lock:
+            known = self._predicted.get(year)
+        if known is None:
+            known = predicted_shards(self.predictions, year)
+            with self._lock:
+                self._predicted[year] = known
+        shard, done = known
         return all(s in done for s in gslice.shard_ids(shard))
 
     def ensure_predicted(self, gslice: GridSlice, year: int) -> bool:
@@ -265,7 +274,10 @@ class MiningServer:
             with self._lock:
                 lock = self._shard_locks.setdefault((year, *sid), threading.Lock())
             with lock:
-                if sid in predicted_shards(self.predictions, year)[1]:
+                fresh = predicted_shards(self.predictions, year)
+                if sid in fresh[1]:  # done meanwhile (by this server or another process)
+                    with self._lock:
+                        self._predicted[year] = fresh
                     continue
                 whole = GridSlice.of_shard(sid, shard)
                 parts = [
@@ -293,6 +305,7 @@ class MiningServer:
         with self._lock:
             self._version += 1
             self._tiles.clear()  # keyed by version too: a tile rendering now is never kept
+            self._predicted.clear()
             for name in self.regions:
                 self._datasets[name] = self._build(name)
         for hook in self.on_change:

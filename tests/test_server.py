@@ -254,6 +254,22 @@ def test_tiles_rendered_by_8_concurrent_requests_equal_those_rendered_one_by_one
     assert [g == w for g, w in zip(got, want, strict=True)] == [True] * len(paths)
 
 
+def test_the_catalog_is_read_once_a_year_until_the_server_s_own_predictions_change_it(
+    two_regions, two_region_predictions, client
+):
+    import miningxr.server as srv
+
+    path, regions = two_regions
+    server = MiningServer(path, two_region_predictions, config=ServeConfig(tile_cache=0))
+    with mock.patch.object(srv, "predicted_shards", wraps=srv.predicted_shards) as read:
+        assert all(server.predicted(r.gslice, 2020) for r in server.regions.values())
+        server.predicted(regions[0], 2020)
+        server.describe()  # /regions asks it of every region and year
+        assert read.call_count == 2  # 2020, then 2019 for describe
+        server._refresh()  # an on-demand prediction was written: read again
+        assert server.predicted(regions[1], 2020) and read.call_count == 3
+
+
 def test_a_far_out_tile_is_refused_naming_the_zoom(two_regions, client):
     _, regions = two_regions
     z, x, y = _tile_over(regions[0], 6)

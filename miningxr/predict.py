@@ -480,12 +480,13 @@ def predict(
     window = cfg.mode == "window"
     depth = _depth(m)
     if window and t < window_halo(depth):
+        reach = window_halo(depth)
         warnings.warn(
-            f"this model was trained on {t} px tiles, less than its receptive radius of "
-            f"{window_halo(depth)} px: on whole windows it sees context it never saw in training "
-            "and scores lower than on tiles (docs/benchmarks.md); for mode 'window' train it on "
-            f"tiles of at least {window_halo(depth)} px (tile_size = 128 under [train]), or "
-            "predict with mode 'tiles'",
+            f"this model was trained on {t} px tiles, less than its receptive radius of {reach} "
+            "px: on whole windows it sees context it never saw in training and scores lower "
+            "than on tiles (docs/benchmarks.md); for mode 'window' train it on tiles of at least "
+            f"{reach} px (tile_size = {1 << (reach - 1).bit_length()} under [train]), or predict "
+            "with mode 'tiles'",
             MiningxrWarning,
             stacklevel=2,
         )

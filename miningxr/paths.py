@@ -146,9 +146,18 @@ class Location:
     def exists(self, key: str = "") -> bool:
         if not self.is_url:
             return (Path(self.text) / key).exists()
-        if key:
-            return self.read_bytes(key) is not None
-        return bool(self.list("", limit=1))
+        if not key:
+            return bool(self.list("", limit=1))
+        import obstore
+        from obstore.exceptions import BaseError, NotFoundError
+
+        try:  # a HEAD: nothing of the object is read
+            obstore.head(self.objects(), key)
+        except (NotFoundError, FileNotFoundError):
+            return False
+        except (BaseError, OSError) as e:
+            raise _storage_error(self, e) from None
+        return True
 
     def put(self, key: str, data: bytes, *, create: bool = False) -> bool:
         """Write ``data`` at ``key``. With ``create``, only if no object is there (atomically,

@@ -22,6 +22,7 @@ def test_memory_locations_read_write_list_and_create_only_once():
     assert loc.read_bytes("a") is None and not loc.exists("a")
     assert loc.put("d/a.json", b"1", create=True) and not loc.put("d/a.json", b"2", create=True)
     assert loc.read_bytes("d/a.json") == b"1"  # the second create changed nothing
+    assert loc.exists("d/a.json") and not loc.exists("d/a") and loc.exists()
     loc.put("d/b.json", b"3")
     assert sorted(m.key for m in loc.list("d/")) == ["d/a.json", "d/b.json"]
     loc.delete("d")

@@ -297,16 +297,20 @@ class MiningServer:
                     prob = predict(ds, self.model, config=self.predict_config)
                     write_predictions(prob, self.predictions, progress=False, dtype=self.predict_config.dtype)
                     made = True
-                if made:  # before the shard's lock opens: who waited on it reads the new data
-                    self._refresh()
+                    # before the shard's lock opens: who waited on it reads the new data
+                    self._refresh(
+                        [r.name for r in self.regions.values() if r.gslice.intersection(whole) is not None]
+                    )
         return made
 
-    def _refresh(self) -> None:
+    def _refresh(self, names: list[str] | None = None) -> None:
+        """After predictions changed: rebuild the datasets of regions ``names`` (every region by
+        default: the others' did not change), and forget every tile and predicted shard."""
         with self._lock:
             self._version += 1
             self._tiles.clear()  # keyed by version too: a tile rendering now is never kept
             self._predicted.clear()
-            for name in self.regions:
+            for name in self.regions if names is None else names:
                 self._datasets[name] = self._build(name)
         for hook in self.on_change:
             hook()

@@ -301,6 +301,7 @@ def test_on_demand_prediction_equals_predict_and_runs_once_per_shard(
     path, regions = two_regions
     cache = tmp_path / "on-demand.zarr"
     server = MiningServer(path, cache, two_region_model)
+    before = {name: server.dataset(name) for name in server.regions}
     bb = regions[0].geobox.geographic_extent.boundingbox
     # a bbox inside the first shard of the first region
     w, s = bb.left + 0.001, bb.top - 0.05
@@ -329,6 +330,10 @@ def test_on_demand_prediction_equals_predict_and_runs_once_per_shard(
         # a tile of the probability over that shard now comes from the cache
         z, x, y = _tile_over(regions[0], 12)
         assert httpx.get(f"{url}/tiles/probability/{z}/{x}/{y}.png", params={"year": 2020}).status_code == 200
+    # the predicted region's dataset was rebuilt with its predictions, the other's left alone
+    first, other = (region_name(g, SHARD) for g in regions)
+    assert "mining_probability" in server.dataset(first) and server.dataset(first) is not before[first]
+    assert server.dataset(other) is before[other]
     # the whole prediction shard was predicted, where the store holds imagery: the first region
     ds = open_store(path, region=regions[0], years=[2020])
     expected = predict(ds, two_region_model, year=2020).values

@@ -506,43 +506,28 @@ def bench_window(work: Path, store: Path):
         ]
     else:
         print("whole-window in bfloat16: no row, this CPU has no native bfloat16 (AMX)", flush=True)
-    return [
-        _result(
-            "whole-window predict vs overlap-16 tiling",
-            k / t["window"],
-            k / t["tiles"],
-            "tiles/s",
-            2.0,
-            note=note,
-        )
-        | {"iou_window": iou["window"], "iou_tiles": iou["tiles"]},
-        _result(
-            "whole-window predict vs raw model.predict over 64 px tiles",
-            k / t["window"],
-            k / t["raw"],
-            "tiles/s",
-            1.0,
-            note="raw: the same area's tiles from memory, no overlap",
-        ),
-        _result(
-            "whole-window predict, 2048 px windows (one per shard), vs overlap-16 tiling",
-            k / t["window_2048"],
-            k / t["tiles"],
-            "tiles/s",
-            2.0,
-            note=f"test-split IoU: window 2048 {iou['window_2048']:.3f}, tiles {iou['tiles']:.3f}",
-        )
-        | {"iou_window": iou["window_2048"], "iou_tiles": iou["tiles"]},
-        _result(
-            "whole-window predict, 2048 px windows, vs raw model.predict over 64 px tiles",
-            k / t["window_2048"],
-            k / t["raw"],
-            "tiles/s",
-            1.0,
-            note="raw: the same area's tiles from memory, no overlap",
-        ),
-        *rows,
-    ]
+    windows = []
+    for key, label in (("window", ""), ("window_2048", ", 2048 px windows (one per shard),")):
+        windows += [
+            _result(
+                f"whole-window predict{label} vs overlap-16 tiling",
+                k / t[key],
+                k / t["tiles"],
+                "tiles/s",
+                2.0,
+                note=note if key == "window" else f"test-split IoU: window 2048 {iou[key]:.3f}",
+            )
+            | {"iou_window": iou[key], "iou_tiles": iou["tiles"]},
+            _result(
+                f"whole-window predict{label} vs raw model.predict over 64 px tiles",
+                k / t[key],
+                k / t["raw"],
+                "tiles/s",
+                1.0,
+                note="raw: the same area's tiles from memory, no overlap",
+            ),
+        ]
+    return [*windows, *rows]
 
 
 def bench_compact_predictions(work: Path, store: Path, model_path: Path):

@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from miningxr.model.losses import get_loss
     from miningxr.predict import native_precision
     from miningxr.sources.synthetic import mine_polygons
+    from miningxr.tfimport import mixed_policy
 
     gpus = tf.config.list_physical_devices("GPU")
     full = bool(gpus) and not args.cpu
@@ -88,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             "the figures keep the script working and say nothing about an accelerator",
             flush=True,
         )
-    if cfg.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    if cfg.mixed_precision:  # what miningxr's training uses: float16 on a GPU
+        keras.mixed_precision.set_global_policy(mixed_policy())
 
     work = Path(tempfile.mkdtemp(prefix="miningxr-gpu-"))
     results: dict = {"device": device, "full_model": full, "config": cfg.__dict__.copy()}

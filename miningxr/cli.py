@@ -236,7 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="plateau: halve the rate when validation loss stalls (default); cosine: decay it "
         "to 1%% over --epochs",
     )
-    p.add_argument("--mixed-precision", action="store_true", default=None)
+    p.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        default=None,
+        help="train in float16 on a GPU, in bfloat16 on a CPU with AMX-BF16, weights kept in "
+        "float32 (elsewhere it is emulated and slower: a warning says so); train.json records "
+        "the policy",
+    )
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
     p.add_argument(
         "--in-memory",

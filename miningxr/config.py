@@ -240,6 +240,7 @@ class TrainConfig:
     loss: Loss = "combined"
     pos_weight: float = 10.0
     patience: int = 8
+    #: float16 on a GPU, bfloat16 on a CPU with AMX-BF16 (miningxr.tfimport.mixed_policy)
     mixed_precision: bool = False
     augment: bool = True
     shuffle_buffer: int = 2048

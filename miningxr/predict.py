@@ -24,7 +24,6 @@ import json
 import os
 import time
 import warnings
-from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, overload
 
@@ -56,6 +55,7 @@ from .store import (
     is_built,
     region_name,
 )
+from .tfimport import native_precision
 
 if TYPE_CHECKING:
     import keras
@@ -206,32 +206,6 @@ def _depth(model: keras.Model) -> int:
 @functools.lru_cache(maxsize=8)
 def _inference_of(ref: str, any_size: bool, precision: PredictPrecision) -> keras.Model:
     return inference_model(_resolve(ref), any_size=any_size, precision=precision)
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: no flags to read, so nothing is assumed native
-        return set()
-    return {
-        f for line in text.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()
-    }
-
-
-@functools.lru_cache(maxsize=1)
-def native_precision() -> str:
-    """The fastest precision this machine computes natively: ``bfloat16`` on an NVIDIA GPU
-    since Ampere (compute capability 8) or a CPU with AMX-BF16 (Intel Xeon since Sapphire
-    Rapids), ``float16`` on an older GPU with tensor cores (7.x), else ``float32``. What
-    ``precision="auto"`` picks, on each worker."""
-    from .tfimport import import_tensorflow
-
-    tf = import_tensorflow()
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        major = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))[0]
-        return "bfloat16" if major >= 8 else "float16" if major >= 7 else "float32"
-    return "bfloat16" if "amx_bf16" in _cpu_flags() else "float32"
 
 
 def compute_precision(precision: PredictPrecision) -> str:

@@ -504,16 +504,17 @@ def test_auto_precision_is_what_the_hardware_runs_natively(monkeypatch):
     monkeypatch.setattr(p, "native_precision", lambda: "bfloat16")
     assert p.compute_precision("auto") == "bfloat16" and p.compute_precision("float32") == "float32"
     monkeypatch.undo()
-    monkeypatch.setattr(p, "_cpu_flags", lambda: {"avx512f", "amx_bf16"})
+    tfi = importlib.import_module("miningxr.tfimport")
+    monkeypatch.setattr(tfi, "_cpu_flags", lambda: {"avx512f", "amx_bf16"})
     monkeypatch.setattr("tensorflow.config.list_physical_devices", lambda kind: [])
-    p.native_precision.cache_clear()
+    tfi.native_precision.cache_clear()
     try:
         assert p.native_precision() == "bfloat16"
-        monkeypatch.setattr(p, "_cpu_flags", lambda: {"avx2"})
-        p.native_precision.cache_clear()
+        monkeypatch.setattr(tfi, "_cpu_flags", lambda: {"avx2"})
+        tfi.native_precision.cache_clear()
         assert p.native_precision() == "float32"
     finally:
-        p.native_precision.cache_clear()
+        tfi.native_precision.cache_clear()
 
 
 def test_a_bfloat16_window_prediction_barely_depends_on_chunking_and_is_recorded(store, tiny_model):

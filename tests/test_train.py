@@ -60,17 +60,44 @@ def test_a_tile_size_other_than_the_tile_index_is_refused(store, tmp_path):
         train(store, config=TrainConfig(tile_size=32, depth=2), out_dir=tmp_path)
 
 
-def test_mixed_precision_trains_in_float16_with_a_float32_output(store, tmp_path):
+@pytest.mark.parametrize(
+    ("amx", "policy"), [(False, "mixed_float16"), (True, "mixed_bfloat16")], ids=["no AMX", "AMX"]
+)
+def test_mixed_precision_trains_in_the_cpu_s_native_half_with_a_float32_output(
+    store, tmp_path, monkeypatch, amx, policy
+):
+    """On a CPU with AMX-BF16 mixed precision is bfloat16 (float16 is emulated there); without
+    it, both are emulated: float16 still, and a warning naming the fix. (On a GPU: float16.)"""
+    import contextlib
+    import importlib
+
     import keras
     import numpy as np
 
+    from miningxr import MiningxrWarning
+
+    tfi = importlib.import_module("miningxr.tfimport")
+    monkeypatch.setattr(tfi, "native_precision", lambda: "bfloat16" if amx else "float32")
+    import tensorflow as tf
+
+    devices = tf.config.list_physical_devices
+    monkeypatch.setattr(
+        tf.config, "list_physical_devices", lambda kind=None: [] if kind == "GPU" else devices(kind)
+    )
     cfg = TrainConfig(base_filters=4, depth=2, epochs=1, batch_size=16, mixed_precision=True)
-    result = train(store, config=cfg, out_dir=tmp_path, verbose=0, steps_per_epoch=2)
+    warns = (
+        contextlib.nullcontext()
+        if amx
+        else pytest.warns(MiningxrWarning, match="emulated.*--mixed-precision")
+    )
+    with warns:
+        result = train(store, config=cfg, out_dir=tmp_path, verbose=0, steps_per_epoch=1)
     convs = [layer for layer in result.model.layers if isinstance(layer, keras.layers.Conv2D)]
-    assert convs[0].compute_dtype == "float16"
+    assert convs[0].compute_dtype == policy.removeprefix("mixed_")
     assert result.model.get_layer("probability").compute_dtype == "float32"
     assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
     assert np.isfinite(result.test_metrics["loss"])
+    assert json.loads((tmp_path / "train.json").read_text())["precision_policy"] == policy
 
 
 def test_training_runs_under_a_mirrored_strategy(store, tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ from ..jsonio import write_json
 from ..loader import training_dataset
 from ..paths import Location, Where, staged
 from ..store import check_output_folder
-from ..tfimport import import_tensorflow
+from ..tfimport import import_tensorflow, mixed_policy
 from ..tiles import load_tile_index
 from .losses import get_loss, metrics
 from .unet import build_unet
@@ -58,14 +58,17 @@ _SHOWN = ("loss", "iou", "dice", "precision", "recall", "auc")
 
 
 @contextlib.contextmanager
-def _precision(mixed: bool) -> Iterator[None]:
-    if not mixed:
-        yield
-        return
+def _precision(mixed: bool) -> Iterator[str]:
+    """The Keras policy training runs under (:func:`~miningxr.tfimport.mixed_policy` when
+    ``mixed``), set for the block and restored after it."""
     before = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy("mixed_float16")
+    if not mixed:
+        yield before
+        return
+    policy = mixed_policy()
+    keras.mixed_precision.set_global_policy(policy)
     try:
-        yield
+        yield policy
     finally:
         keras.mixed_precision.set_global_policy(before)
 
@@ -200,7 +203,7 @@ def _fit(
                 min_lr=cfg.learning_rate / 100,
             )
         )
-    with _precision(cfg.mixed_precision), _strategy().scope(), _no_spurious_end_of_data_warning():
+    with _precision(cfg.mixed_precision) as policy, _strategy().scope(), _no_spurious_end_of_data_warning():
         model = build_unet(cfg, stats=model_stats)
         model.compile(
             optimizer=keras.optimizers.Adam(_learning_rate(cfg, index, steps_per_epoch)),
@@ -240,6 +243,7 @@ def _fit(
     write_json(
         {
             "config": asdict(cfg),
+            "precision_policy": policy,  # the Keras policy it trained under
             "test": test,
             "test_by_year": by_year,
             "test_by_country": by_country,

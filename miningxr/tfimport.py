@@ -106,6 +106,6 @@ def mixed_policy() -> str:
         "several times slower than float32; drop --mixed-precision (mixed_precision = false "
         "under [train]) here, and keep it for a GPU",
         MiningxrWarning,
-        stacklevel=5,  # past train's precision context manager, at the caller of train()
+        stacklevel=6,  # past _precision, contextlib, _fit and train: at the caller of train()
     )
     return "mixed_float16"

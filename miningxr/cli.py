@@ -370,7 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--last-year", type=int, default=2020, help="with --temporal (default 2020)")
     # 10 epochs of the two default shards (~80 steps): validation IoU passed 0.9 by epoch 7-8
     # in the runs measured, where 8 epochs left some runs at 0.85
-    p.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help="training epochs (default 10; 20 with --temporal, whose model, trained on one year, "
+        "must hold over every year)",
+    )
     p.add_argument("--base-filters", type=int, default=16)
     p.add_argument(
         "--overlap",

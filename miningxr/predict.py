@@ -825,10 +825,8 @@ def check_prediction_method(path: Where, cfg: PredictConfig, fix: str) -> None:
     loc = as_location(path, what="the prediction store")
     if not _holds_predictions(loc):
         return
-    made, method = (
-        _prediction_meta(loc, what="use another --predictions").get("method"),
-        prediction_method(cfg),
-    )
+    made = _prediction_meta(loc, what="use another --predictions").get("method")
+    method = prediction_method(cfg)
     if made is not None and made != method:
         raise _method_error(loc, made, method, fix)
 

@@ -280,11 +280,13 @@ class MiningServer:
                         self._predicted[year] = fresh
                     continue
                 whole = GridSlice.of_shard(sid, shard)
-                parts = [
-                    part
+                # the part of the shard in each region that holds the year
+                over = {
+                    region.name: part
                     for region in self.regions.values()
                     if year in region.years and (part := region.gslice.intersection(whole)) is not None
-                ]
+                }
+                parts = list(over.values())
                 if parts:  # one write per shard (its catalog entry): every region's part of it
                     cover = GridSlice(
                         min(p.row0 for p in parts),
@@ -298,14 +300,12 @@ class MiningServer:
                     write_predictions(prob, self.predictions, progress=False, dtype=self.predict_config.dtype)
                     made = True
                     # before the shard's lock opens: who waited on it reads the new data
-                    self._refresh(
-                        [r.name for r in self.regions.values() if r.gslice.intersection(whole) is not None]
-                    )
+                    self._refresh(list(over))
         return made
 
     def _refresh(self, names: list[str] | None = None) -> None:
-        """After predictions changed: rebuild the datasets of regions ``names`` (every region by
-        default: the others' did not change), and forget every tile and predicted shard."""
+        """After predictions changed: rebuild the datasets of regions ``names`` (by default every
+        region), and forget every tile and predicted shard."""
         with self._lock:
             self._version += 1
             self._tiles.clear()  # keyed by version too: a tile rendering now is never kept

@@ -504,6 +504,7 @@ def _png_any(body: bytes) -> np.ndarray:
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Dataset has no geotransform")  # odc-geo#131, as above
 def test_load_96_tiles_from_8_clients(served, two_regions):
     """Every layer at three zooms from 8 clients at once: no error (``benchmarks/run.py --only
     serve`` times 200)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from ..config import TrainConfig
 from ..errors import LoaderError
@@ -103,6 +104,23 @@ def _learning_rate(cfg: TrainConfig, index: Any, steps_per_epoch: int | None):
     # decays to 1% by the last planned epoch: late epochs take small steps, so the
     # best-validation checkpoint is not one lucky epoch between large swings
     return keras.optimizers.schedules.CosineDecay(cfg.learning_rate, cfg.epochs * steps, alpha=0.01)
+
+
+def _prior(index: Any, cfg: TrainConfig) -> float:
+    """The probability the network starts at everywhere: the one constant that minimizes the
+    loss's cross-entropy on the training tiles (their mining fraction, weighed by ``pos_weight``
+    where the loss weighs by it), clipped to [0.001, 0.999].
+
+    Started at 0.5, the network first spends its epochs learning that most pixels are not
+    mining; one shard of the synthetic source took 10-15 epochs to pass validation IoU 0.9,
+    and 6-9 from its prior (test IoU 0.95-0.96 against 0.96-0.99 after 16 epochs).
+    """
+    tiles = index[(index.split == "train") & index.selected]
+    if not len(tiles) or "mining_fraction" not in tiles:
+        return 0.5
+    p = float(tiles.mining_fraction.mean())
+    w = cfg.pos_weight if cfg.loss in ("bce", "combined") else 1.0
+    return float(np.clip(p * w / (p * w + 1 - p), 1e-3, 1 - 1e-3)) if p > 0 else 1e-3
 
 
 def train(
@@ -205,6 +223,8 @@ def _fit(
         )
     with _precision(cfg.mixed_precision) as policy, _strategy().scope(), _no_spurious_end_of_data_warning():
         model = build_unet(cfg, stats=model_stats)
+        prior = _prior(index, cfg)
+        model.get_layer("probability").bias.assign([math.log(prior / (1 - prior))])
         model.compile(
             optimizer=keras.optimizers.Adam(_learning_rate(cfg, index, steps_per_epoch)),
             loss=get_loss(cfg.loss, cfg.pos_weight),
@@ -244,6 +264,7 @@ def _fit(
         {
             "config": asdict(cfg),
             "precision_policy": policy,  # the Keras policy it trained under
+            "initial_probability": prior,  # where the output layer's bias started
             "test": test,
             "test_by_year": by_year,
             "test_by_country": by_country,

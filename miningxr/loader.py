@@ -473,13 +473,16 @@ def prepare_batch(
     augment: bool = False,
     brightness: float = 0.1,
     contrast: float = 0.1,
+    gain: float = 0.05,
 ):
     """A batch of packed band-first tiles -> model input: band-last, standardized, maybe augmented.
 
     Equal to :func:`~miningxr.encoding.normalize` on each tile (no data becomes 0). With ``augment``, the batch gets
-    one of the 8 flips/rotations (the shuffle mixes tiles between batches) and every tile its own
-    contrast and brightness. The random draws happen here; the arithmetic runs in one
-    XLA-compiled kernel (:func:`_prepare_kernel`).
+    one of the 8 flips/rotations (the shuffle mixes tiles between batches), every tile its own
+    contrast and brightness, and every band of every tile its own radiometric gain: reflectance
+    times ``1 +- gain``, as one sensor, atmosphere or season differs from another band by band
+    (a model trained on one year then holds on the others'). The random draws happen here;
+    the arithmetic runs in one XLA-compiled kernel (:func:`_prepare_kernel`).
     """
     tf = import_tensorflow()
 
@@ -491,8 +494,12 @@ def prepare_batch(
         k = tf.random.uniform((), 0, 8, dtype=tf.int32)
         c = tf.random.uniform((n,), 1 - contrast, 1 + contrast)
         shift = tf.random.uniform((n,), -brightness, brightness)
+        # (g * (dn * scale + offset) - mean) / std == dn * (a * g) + b + offset / std * (g - 1)
+        g = tf.random.uniform((n, len(s)), 1 - gain, 1 + gain)
+        a, b = a[None] * g, b[None] + tf.constant(ADD_OFFSET / s, tf.float32)[None] * (g - 1)
     else:
         k, c, shift = tf.constant(0), tf.ones((n,)), tf.zeros((n,))
+        a, b = tf.tile(a[None], [n, 1]), tf.tile(b[None], [n, 1])
     return _prepare_kernel()(dn, y, a, b, k, c, shift)
 
 
@@ -514,10 +521,11 @@ def _prepare_kernel():
 
     @tf.function(jit_compile=True, reduce_retracing=True)
     def kernel(dn, y, a, b, k, c, shift):
+        # a, b: (tile, band); c, shift: (tile,)
         dn, y = symmetry(dn, k), symmetry(y, k)
         c = c[:, None, None, None]
-        x = tf.cast(dn, tf.float32) * (a[None, :, None, None] * c) + (
-            b[None, :, None, None] * c + shift[:, None, None, None]
+        x = tf.cast(dn, tf.float32) * (a[:, :, None, None] * c) + (
+            b[:, :, None, None] * c + shift[:, None, None, None]
         )
         x = tf.where(dn == FILL_VALUE, 0.0, x)
         return tf.transpose(x, [0, 2, 3, 1]), tf.cast(tf.transpose(y, [0, 2, 3, 1]), tf.float32)

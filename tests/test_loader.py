@@ -157,7 +157,9 @@ def test_the_eight_augmentation_draws_are_the_eight_flips_and_rotations():
     }
     got = set()
     for k in range(8):
-        x, _m = _prepare_kernel()(tf.constant(dn), tf.constant(y), a, b, tf.constant(k), one, zero)
+        x, _m = _prepare_kernel()(
+            tf.constant(dn), tf.constant(y), tf.tile(a[None], [2, 1]), tf.tile(b[None], [2, 1]), tf.constant(k), one, zero
+        )
         got.add(x.numpy().round(3).tobytes())
         assert (x.numpy()[0, ..., 0] == 0).sum() == 1  # the no-data pixel moved with its tile, still 0
     assert got == want
@@ -182,10 +184,33 @@ def test_augmentation_moves_masks_with_their_tiles():
             augment=True,
             brightness=0.0,
             contrast=0.0,
+            gain=0.0,
         )
         np.testing.assert_array_equal(x.numpy()[..., 0] > 0.15, m.numpy()[..., 0] > 0.5)
         seen.add(x.numpy()[0, :, :, 0].tobytes())
     assert len(seen) > 2  # several of the 8 flips/rotations were drawn
+
+
+def test_augmentation_gives_every_band_of_every_tile_its_own_gain():
+    """Reflectance times 1 +- gain, band by band and tile by tile (flat tiles: no flip shows)."""
+    import tensorflow as tf
+
+    from miningxr.encoding import SCALE_FACTOR
+    from miningxr.loader import prepare_batch
+
+    dn = np.broadcast_to(np.array([1000, 2000, 3000], np.int16)[None, :, None, None], (64, 3, 8, 8))
+    y = np.zeros((64, 1, 8, 8), np.uint8)
+    tf.random.set_seed(1)
+    x, _ = prepare_batch(
+        tf.constant(dn), tf.constant(y), [0.0] * 3, [1.0] * 3, augment=True, brightness=0.0, contrast=0.0, gain=0.2
+    )
+    x = x.numpy()
+    g = x[:, 0, 0, :] / (np.array([1000, 2000, 3000]) * SCALE_FACTOR)  # (tile, band)
+    np.testing.assert_allclose(x, g[:, None, None, :] * dn.transpose(0, 2, 3, 1) * SCALE_FACTOR, rtol=1e-5)
+    assert (g >= 0.8 - 1e-6).all() and (g <= 1.2 + 1e-6).all()
+    assert g.std(axis=0).min() > 0.05 and g.std(axis=1).mean() > 0.05  # between tiles, between bands
+    plain, _ = prepare_batch(tf.constant(dn), tf.constant(y), [0.0] * 3, [1.0] * 3, augment=False)
+    np.testing.assert_allclose(plain.numpy(), dn.transpose(0, 2, 3, 1) * SCALE_FACTOR, rtol=1e-6)
 
 
 def test_a_read_unit_cut_short_by_the_grid_edge_keeps_the_right_tiles():

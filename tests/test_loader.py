@@ -158,7 +158,13 @@ def test_the_eight_augmentation_draws_are_the_eight_flips_and_rotations():
     got = set()
     for k in range(8):
         x, _m = _prepare_kernel()(
-            tf.constant(dn), tf.constant(y), tf.tile(a[None], [2, 1]), tf.tile(b[None], [2, 1]), tf.constant(k), one, zero
+            tf.constant(dn),
+            tf.constant(y),
+            tf.tile(a[None], [2, 1]),
+            tf.tile(b[None], [2, 1]),
+            tf.constant(k),
+            one,
+            zero,
         )
         got.add(x.numpy().round(3).tobytes())
         assert (x.numpy()[0, ..., 0] == 0).sum() == 1  # the no-data pixel moved with its tile, still 0
@@ -202,7 +208,14 @@ def test_augmentation_gives_every_band_of_every_tile_its_own_gain():
     y = np.zeros((64, 1, 8, 8), np.uint8)
     tf.random.set_seed(1)
     x, _ = prepare_batch(
-        tf.constant(dn), tf.constant(y), [0.0] * 3, [1.0] * 3, augment=True, brightness=0.0, contrast=0.0, gain=0.2
+        tf.constant(dn),
+        tf.constant(y),
+        [0.0] * 3,
+        [1.0] * 3,
+        augment=True,
+        brightness=0.0,
+        contrast=0.0,
+        gain=0.2,
     )
     x = x.numpy()
     g = x[:, 0, 0, :] / (np.array([1000, 2000, 3000]) * SCALE_FACTOR)  # (tile, band)

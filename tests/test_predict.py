@@ -439,6 +439,78 @@ def test_the_inference_model_computes_what_the_model_does_with_fewer_layers(batc
     )
 
 
+@pytest.fixture(scope="module")
+def trained_looking_window_nets():
+    """Whole-window networks of depth 2, 3 and 4 whose batch normalizations are far from fresh."""
+    import keras
+
+    from miningxr import build_unet
+    from miningxr.config import TrainConfig
+    from miningxr.predict import inference_model
+
+    rng = np.random.default_rng(4)
+    nets = {}
+    for depth in (2, 3, 4):
+        model = build_unet(TrainConfig(base_filters=4, depth=depth))
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                n = layer.gamma.shape[0]
+                layer.set_weights(
+                    [
+                        rng.uniform(0.5, 2, n),
+                        rng.normal(0, 0.5, n),
+                        rng.normal(0, 0.5, n),
+                        rng.uniform(0.2, 3, n),
+                    ]
+                )
+        nets[depth] = inference_model(model, any_size=True)
+    return nets
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    depth=st.sampled_from([2, 3, 4]),
+    rows=st.integers(1, 6),
+    cols=st.integers(1, 6),
+    extra=st.integers(0, 1),
+    data=st.data(),
+)
+def test_the_trimmed_window_network_gives_the_core_of_the_full_one(
+    trained_looking_window_nets, depth, rows, cols, extra, data
+):
+    """For any window of whole pooling cells and any halo at least the receptive radius (on
+    the pooling grid), the trimmed network's output is the full network's core, and the
+    decoder computes only a few pixels beyond it."""
+    from miningxr.predict import _run, trimmed_window_model, window_halo
+
+    net = trained_looking_window_nets[depth]
+    step = 2**depth
+    halo = window_halo(depth) + extra * step
+    h, w = rows * step + 2 * halo, cols * step + 2 * halo + data.draw(st.sampled_from([0, step]))
+    trimmed, cut = trimmed_window_model(net, halo)
+    assert cut == halo  # its output starts where the core does
+    x = np.random.default_rng(rows * 7 + cols).normal(size=(1, h, w, 7)).astype("float32")
+    full = _run(net, x)[0, ..., 0]
+    got = _run(trimmed, x)[0, ..., 0]
+    assert got.shape == (h - 2 * cut, w - 2 * cut)
+    np.testing.assert_allclose(got, full[cut : h - cut, cut : w - cut], atol=1e-5)
+    # the last decoder level works on the core plus the 2 px its two 3x3 convolutions need:
+    # the skip connection into it loses all the halo but those (a wider halo was cut to
+    # window_halo before the first convolution)
+    c = window_halo(depth) - 2
+    assert tuple(map(tuple, trimmed.get_layer("trim_down0_conv2_skip0").cropping)) == ((c, c), (c, c))
+
+
+def test_a_network_of_unknown_layers_is_not_trimmed():
+    import keras
+
+    from miningxr.predict import trimmed_window_model
+
+    x = keras.Input((None, None, 3))
+    net = keras.Model(x, keras.layers.Conv2D(1, 3, padding="valid")(x))  # "valid" is not known
+    assert trimmed_window_model(net, 96) == (net, 0)
+
+
 def model_on_any_size(model):
     """The Keras model itself on inputs of any size, by its own config (no folding)."""
     import copy

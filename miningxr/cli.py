@@ -244,7 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
         "float32 (elsewhere it is emulated and slower: a warning says so); train.json records "
         "the policy",
     )
-    p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
+    p.add_argument(
+        "--no-augment",
+        dest="augment",
+        action="store_false",
+        default=None,
+        help="train without augmentation (the 8 flips/rotations, each tile's brightness and "
+        "contrast, each band's gain of 1 +- 0.05)",
+    )
     p.add_argument(
         "--in-memory",
         action="store_true",

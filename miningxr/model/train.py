@@ -113,7 +113,7 @@ def _prior(index: Any, cfg: TrainConfig) -> float:
 
     Started at 0.5, the network first spends its epochs learning that most pixels are not
     mining; one shard of the synthetic source took 10-15 epochs to pass validation IoU 0.9,
-    and 6-9 from its prior (test IoU 0.95-0.96 against 0.96-0.99 after 16 epochs).
+    and 6-9 from its prior (test IoU 0.75-0.96 against 0.96-0.99 after 16 epochs).
     """
     tiles = index[(index.split == "train") & index.selected]
     if not len(tiles) or "mining_fraction" not in tiles:

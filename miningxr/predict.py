@@ -22,10 +22,12 @@ import functools
 import hashlib
 import json
 import os
+import threading
 import time
 import warnings
+from collections.abc import Callable
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 import dask.array as da
 import numpy as np
@@ -63,6 +65,29 @@ if TYPE_CHECKING:
     from .model.unet import TileSpec
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: held while a worker builds what it keeps for later blocks (a loaded model, its inference
+#: network, its trimmed window network, their ``tf.function``): Dask runs blocks on several
+#: threads, and two of them missing the same cache at once would each build it. Re-entrant:
+#: one build asks for another (the inference network loads its model).
+_BUILDING = threading.RLock()
+
+
+def _built_once(fn: Callable[P, R]) -> Callable[P, R]:
+    """``functools.lru_cache`` of ``fn`` whose misses are built one at a time under
+    :data:`_BUILDING`; a hit waits only for a build in progress."""
+    cached = functools.lru_cache(maxsize=8)(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with _BUILDING:
+            return cached(*args, **kwargs)  # type: ignore[arg-type]
+
+    return wrapper
+
+
 def _unet() -> ModuleType:
     """:mod:`miningxr.model.unet`, imported on first use: TensorFlow loads only when a model is."""
     from .model import unet
@@ -70,7 +95,7 @@ def _unet() -> ModuleType:
     return unet
 
 
-@functools.lru_cache(maxsize=4)
+@_built_once
 def _load(path: str) -> keras.Model:
     # once per worker process: loading a .keras file costs far more than one block
     return _unet().load_model(path)
@@ -115,12 +140,15 @@ def _predictor(model: keras.Model) -> Any:
     costs more per call (its data adapter)."""
     fn = model.__dict__.get("_miningxr_predict")
     if fn is None:
-        from .tfimport import import_tensorflow
+        with _BUILDING:
+            fn = model.__dict__.get("_miningxr_predict")
+            if fn is None:  # no other thread made it while this one waited
+                from .tfimport import import_tensorflow
 
-        tf = import_tensorflow()
-        spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
-        fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
-        object.__setattr__(model, "_miningxr_predict", fn)  # past Keras's attribute tracking
+                tf = import_tensorflow()
+                spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
+                fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+                object.__setattr__(model, "_miningxr_predict", fn)  # past Keras's attribute tracking
     return fn
 
 
@@ -203,7 +231,7 @@ def _depth(model: keras.Model) -> int:
     return sum(1 for layer in model.layers if layer.name.startswith("pool"))
 
 
-@functools.lru_cache(maxsize=8)
+@_built_once
 def _inference_of(ref: str, any_size: bool, precision: PredictPrecision) -> keras.Model:
     return inference_model(_resolve(ref), any_size=any_size, precision=precision)
 
@@ -357,6 +385,7 @@ def trimmed_window_model(net: keras.Model, halo: int) -> tuple[keras.Model, int]
     config = json.loads(json.dumps(net.get_config()))  # lists, not the tuples get_config gives
     inbound = {layer["name"]: _history(layer["inbound_nodes"]) for layer in config["layers"]}
     order = [layer.name for layer in net.layers]
+    kinds = {layer.name: type(layer).__name__ for layer in net.layers}
     heads = config["output_layers"]
     if len(net.inputs) != 1 or len(net.outputs) != 1:
         return net, 0
@@ -372,8 +401,8 @@ def trimmed_window_model(net: keras.Model, halo: int) -> tuple[keras.Model, int]
         if want is None:
             return net, 0
         at_input[name] = want
-        step = layer.pool_size[0] if type(layer).__name__ == "MaxPooling2D" else 1
-        if type(layer).__name__ == "Conv2DTranspose":
+        step = layer.pool_size[0] if kinds[name] == "MaxPooling2D" else 1
+        if kinds[name] == "Conv2DTranspose":
             down = max(1, align[name] // layer.strides[0])
         else:
             down = align[name] * step
@@ -385,7 +414,7 @@ def trimmed_window_model(net: keras.Model, halo: int) -> tuple[keras.Model, int]
     margin: dict[str, int] = {}
     for name in order:
         layer = net.get_layer(name)
-        if type(layer).__name__ == "InputLayer":
+        if kinds[name] == "InputLayer":
             x = keras.Input(shape=net.input_shape[1:], name=name)
             tensors[name], margin[name] = x, halo
             continue
@@ -394,11 +423,11 @@ def trimmed_window_model(net: keras.Model, halo: int) -> tuple[keras.Model, int]
             t, m = tensors[src], margin[src]
             target = at_input[name]
             # keep the pooling grid: the margin left must divide by what the poolings after need
-            a = align[src] if type(layer).__name__ != "Concatenate" else 1
+            a = align[src] if kinds[name] != "Concatenate" else 1
             target = -(-target // a) * a
             if m < target:  # a halo too small for exact values: nothing to cut
                 return net, 0
-            if m - target >= 2 or (type(layer).__name__ == "Concatenate" and m != target):
+            if m - target >= 2 or (kinds[name] == "Concatenate" and m != target):
                 c = m - target
                 t = keras.layers.Cropping2D(
                     c, dtype=net.get_layer(src).dtype_policy, name=f"trim_{src}_{name}"
@@ -410,10 +439,10 @@ def trimmed_window_model(net: keras.Model, halo: int) -> tuple[keras.Model, int]
             return net, 0
         m = ms.pop()
         xs = [t for t, _ in args]
-        y = layer(xs if type(layer).__name__ == "Concatenate" else xs[0])
-        if type(layer).__name__ == "MaxPooling2D":
+        y = layer(xs if kinds[name] == "Concatenate" else xs[0])
+        if kinds[name] == "MaxPooling2D":
             m //= layer.pool_size[0]
-        elif type(layer).__name__ == "Conv2DTranspose":
+        elif kinds[name] == "Conv2DTranspose":
             m *= layer.strides[0]
         tensors[name], margin[name] = y, m
     model = keras.Model(tensors[order[0]], tensors[out_name], name=f"{net.name}_trimmed")
@@ -424,8 +453,11 @@ def _trimmed(net: keras.Model, halo: int) -> tuple[keras.Model, int]:
     """:func:`trimmed_window_model` of ``net``, made once and kept on it."""
     made = net.__dict__.get("_miningxr_trimmed")
     if made is None or made[0] != halo:
-        made = (halo, *trimmed_window_model(net, halo))
-        object.__setattr__(net, "_miningxr_trimmed", made)  # past Keras's attribute tracking
+        with _BUILDING:
+            made = net.__dict__.get("_miningxr_trimmed")
+            if made is None or made[0] != halo:  # no other thread made it while this one waited
+                made = (halo, *trimmed_window_model(net, halo))
+                object.__setattr__(net, "_miningxr_trimmed", made)  # past Keras's attribute tracking
     return made[1], made[2]
 
 

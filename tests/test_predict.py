@@ -511,6 +511,52 @@ def test_a_network_of_unknown_layers_is_not_trimmed():
     assert trimmed_window_model(net, 96) == (net, 0)
 
 
+def test_threads_that_need_the_same_network_at_once_build_it_once(monkeypatch):
+    """Dask runs blocks on several threads: the first blocks of a prediction all miss the
+    worker's caches together, and each lazy build (a loaded model, its inference network, its
+    trimmed window network, their tf.function) must run once, the others waiting for it."""
+    import importlib
+    import threading
+    import time
+
+    import keras
+
+    p = importlib.import_module("miningxr.predict")  # the module: miningxr.predict is the function
+
+    x = keras.Input((None, None, 3))
+    net = keras.Model(x, keras.layers.Conv2D(1, 3, padding="same")(x))
+    calls = []
+
+    def slow_trim(model, halo):
+        calls.append(threading.get_ident())
+        time.sleep(0.2)  # long enough for every thread to miss the cache
+        return model, 0
+
+    monkeypatch.setattr(p, "trimmed_window_model", slow_trim)
+    built = []
+
+    @p._built_once
+    def slow_load(ref: str) -> list:
+        built.append(ref)
+        time.sleep(0.2)
+        return [ref]
+
+    start = threading.Barrier(4)
+    got: list = []
+
+    def worker():
+        start.wait()
+        got.append((p._trimmed(net, 8), p._predictor(net), slow_load("m.keras")))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and built == ["m.keras"]
+    assert len(got) == 4 and all(g[1] is got[0][1] and g[2] is got[0][2] for g in got)
+
+
 def model_on_any_size(model):
     """The Keras model itself on inputs of any size, by its own config (no folding)."""
     import copy

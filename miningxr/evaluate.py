@@ -104,7 +104,11 @@ def evaluate(
         index = load_tile_index(store)
     pieces = _pieces(store, predictions)
     lazy = [_counts(pred, ds, split, threshold, index, gdf) for _, _, pred, ds in pieces]
-    counts = dask.compute(*lazy)
+    layout = _layout(None if gdf is None else len(gdf))
+    counts = [
+        {k: int(v[at.start]) if k in ("tp", "fp", "fn", "tn") else v[at] for k, at in layout.items()}
+        for v in dask.compute(*lazy)
+    ]
     total = _sum(counts)
     if total["pixels"] == 0:
         where = ", ".join(sorted({f"{name} {GridSlice.of_coords(p).describe()}" for name, _, p, _ in pieces}))
@@ -169,35 +173,74 @@ def _pieces(store: Where, predictions: Any) -> list[tuple[str, int, xr.DataArray
     return pieces
 
 
+def _block_counts(
+    prob: np.ndarray, truth: np.ndarray, where: np.ndarray, ids: np.ndarray | None, threshold: float, n: int
+) -> np.ndarray:
+    """One block's counts as one vector (``_layout``): tp, fp, fn, tn, the probability
+    histograms of mining and other pixels, and per polygon id its pixels and its hits."""
+    where = where & np.isfinite(prob)
+    truth = truth > 0
+    hit = prob >= threshold
+    pos, neg = truth & where, ~truth & where
+    bins = np.clip((np.nan_to_num(prob) * BINS).astype(np.int32), 0, BINS - 1)
+    parts = [
+        np.array([(hit & pos).sum(), (hit & neg).sum(), (~hit & pos).sum(), (~hit & neg).sum()]),
+        np.bincount(bins[pos], minlength=BINS),
+        np.bincount(bins[neg], minlength=BINS),
+    ]
+    if ids is not None:
+        inside = ids[where]
+        parts += [np.bincount(inside, minlength=n + 1), np.bincount(ids[where & hit], minlength=n + 1)]
+    return np.concatenate(parts).astype(np.int64)[None, None, :]
+
+
+def _layout(n: int | None) -> dict[str, slice]:
+    """Where each count lies in a :func:`_block_counts` vector."""
+    out = {"tp": slice(0, 1), "fp": slice(1, 2), "fn": slice(2, 3), "tn": slice(3, 4)}
+    out |= {"hpos": slice(4, 4 + BINS), "hneg": slice(4 + BINS, 4 + 2 * BINS)}
+    if n is not None:
+        end = 4 + 2 * BINS
+        out |= {
+            "polygon_pixels": slice(end, end + n + 1),
+            "polygon_hits": slice(end + n + 1, end + 2 * n + 2),
+        }
+    return out
+
+
 def _counts(
     pred: xr.DataArray, ds: xr.Dataset, split: str, threshold: float, index: Any, gdf: Any
-) -> dict[str, Any]:
-    """Lazy confusion counts, probability histograms and polygon detection of one 2-D piece."""
+) -> da.Array:
+    """Lazy confusion counts, probability histograms and polygon detection of one 2-D piece,
+    as one vector (:func:`_layout`): one task a block reads its prediction, truth and split
+    mask once and counts everything, and the blocks' vectors are summed (a tree reduction).
+    Counting with whole-array Dask operations instead flattened each 2-D mask for
+    ``bincount``, a rechunk (a P2P shuffle on a cluster) of every pixel."""
     gslice = GridSlice.of_coords(pred)
     chunks = pred.data.chunks if pred.chunks else ((gslice.shape[0],), (gslice.shape[1],))
-    truth = ds["mining"].data.rechunk(chunks) > 0
+    truth = ds["mining"].data.rechunk(chunks)
     prob = pred.data if pred.chunks else da.from_array(pred.values, chunks=chunks)
     if split == "all":
         where = da.ones(gslice.shape, dtype=bool, chunks=chunks)
     else:
         where = _split_mask(index, split, gslice, chunks)
-    where = where & da.isfinite(prob)
-    hit = prob >= threshold
-    bins = np.clip((da.nan_to_num(prob) * BINS).astype(np.int64), 0, BINS - 1)
-    counts: dict[str, Any] = {
-        "tp": (hit & truth & where).sum(),
-        "fp": (hit & ~truth & where).sum(),
-        "fn": (~hit & truth & where).sum(),
-        "tn": (~hit & ~truth & where).sum(),
-        "hpos": da.bincount(da.where(truth & where, bins, BINS).ravel(), minlength=BINS + 1),
-        "hneg": da.bincount(da.where(~truth & where, bins, BINS).ravel(), minlength=BINS + 1),
-    }
+    n = None if gdf is None else len(gdf)
+    arrays = [prob, truth, where]
     if gdf is not None:
-        ids = rasterize_blocks(gslice, gdf, chunks[0], chunks[1], values=np.arange(1, len(gdf) + 1))
-        ids = da.where(where, ids, 0).ravel()
-        counts["polygon_pixels"] = da.bincount(ids, minlength=len(gdf) + 1)
-        counts["polygon_hits"] = da.bincount(ids, weights=hit.ravel(), minlength=len(gdf) + 1)
-    return counts
+        arrays.append(rasterize_blocks(gslice, gdf, chunks[0], chunks[1], values=np.arange(1, len(gdf) + 1)))
+    size = max(s.stop for s in _layout(n).values())
+
+    def block(p: np.ndarray, t: np.ndarray, w: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
+        return _block_counts(p, t, w, ids, threshold, n or 0)
+
+    per_block = da.map_blocks(
+        block,
+        *arrays,
+        new_axis=2,
+        chunks=(tuple(1 for _ in chunks[0]), tuple(1 for _ in chunks[1]), (size,)),
+        dtype=np.int64,
+        meta=np.empty((0, 0, 0), np.int64),
+    )
+    return per_block.sum(axis=(0, 1))
 
 
 def _sum(counts: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from miningxr import evaluate, load_tile_index, open_predictions, open_regions, open_store
 from miningxr.evaluate import _auc, plot_map, plot_tiles
@@ -69,3 +71,52 @@ def test_predictions_in_memory_of_any_year_shape_are_scored_alike(store, shape):
     }[shape]
     r = evaluate(store, pred, split="all")
     assert r["iou"] == 1 and r["pixels"] == 2048 * 2048 and len(r["per_year"]) == 1
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=st.sampled_from([256, 512, 700, 2048]),
+    cols=st.sampled_from([256, 1000, 2048]),
+    seed=st.integers(0, 2**16),
+)
+def test_the_counts_are_numpys_under_any_chunking(store, polygons_path, rows, cols, seed):
+    """Every count of the report (confusion, AUC histograms, per-polygon pixels and hits) is
+    what numpy counts over the whole split at once, whatever the prediction's chunks, NaN
+    (no data) included."""
+    from miningxr.evaluate import BINS
+    from miningxr.grid import GridSlice
+    from miningxr.labels import rasterize_blocks, read_polygons
+
+    ds = open_store(store)
+    truth = ds.mining.values > 0
+    rng = np.random.default_rng(seed)
+    prob = rng.random(truth.shape, dtype=np.float32)
+    prob[rng.random(truth.shape) < 0.05] = np.nan
+    pred = ds.mining.astype("float32").copy(data=prob).chunk({"y": rows, "x": cols})
+    r = evaluate(store, pred, split="test", polygons=polygons_path, threshold=0.4)
+    index = load_tile_index(store)
+    test = index[index.split == "test"]
+    split = np.zeros(truth.shape, bool)
+    gs = GridSlice.of_coords(ds)
+    for tr, tc in zip(test.tile_row - gs.row0 // 64, test.tile_col - gs.col0 // 64, strict=True):
+        split[tr * 64 : (tr + 1) * 64, tc * 64 : (tc + 1) * 64] = True
+    where = split & np.isfinite(prob)
+    hit = prob >= 0.4
+    assert (r["tp"], r["fp"], r["fn"], r["tn"]) == (
+        int((hit & truth & where).sum()),
+        int((hit & ~truth & where).sum()),
+        int((~hit & truth & where).sum()),
+        int((~hit & ~truth & where).sum()),
+    )
+    b = np.clip((np.nan_to_num(prob) * BINS).astype(int), 0, BINS - 1)
+    assert r["auc"] == pytest.approx(
+        _auc(np.bincount(b[truth & where], minlength=BINS), np.bincount(b[~truth & where], minlength=BINS))
+    )
+    gdf = read_polygons(polygons_path, require_columns=False)  # in the grid's CRS, as evaluate reads them
+    ids = rasterize_blocks(
+        gs, gdf, (gs.shape[0],), (gs.shape[1],), values=np.arange(1, len(gdf) + 1)
+    ).compute()
+    pixels = np.bincount(ids[where], minlength=len(gdf) + 1)[1:]
+    hits = np.bincount(ids[where & hit], minlength=len(gdf) + 1)[1:]
+    assert r["polygons_in_split"] == int((pixels > 0).sum())
+    assert r["polygons_detected"] == int((hits[pixels > 0] / pixels[pixels > 0] >= 0.5).sum())
